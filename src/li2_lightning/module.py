@@ -1,0 +1,196 @@
+"""Li2Module: the LightningModule that trains the two-layer net on group arithmetic."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from li2_lightning.losses import check_loss, loss_sum
+from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K
+from li2_lightning.probe import Li2Probe
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """Adam, lr 1e-3, coupled L2 weight decay 2e-4: the paper's Fig. 3 setting."""
+    return torch.optim.Adam(params, lr=1e-3, weight_decay=2e-4)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss is NaN or infinite; no optimizer step is taken."""
+
+
+class Li2Module(pl.LightningModule):
+    """The paper's two-layer network on a group arithmetic task, full batch by default.
+
+    M is taken from the data: from the CLI's link to ``data.M``, or in :meth:`setup` from the
+    trainer's datamodule when not given. Logs ``train/loss``, ``train/acc`` (at the parameters the
+    step saw), ``val/loss``, ``val/acc`` (after the step, on the held-out pairs), and
+    ``train/W_norm``, ``train/V_norm`` every epoch.
+
+    Implements the Li2 probe (:mod:`li2_lightning.probe`): with ``li2_capture`` set, a full-batch
+    training step keeps F and G_F = −∂L/∂F for the callbacks.
+
+    Args:
+        K: hidden width.
+        activation: ``"sqr"``, ``"relu"``, ``"silu"`` or ``"relusqr"``.
+        loss: ``"mse"`` (class-centred squared error, SPEC §2) or ``"ce"``.
+        M: group order; None to take it from the datamodule.
+        V_init_scale: multiplier on V's initial values (0: zero-init V).
+        output_scale: output multiplier β.
+        optimizer: called with ``named_parameters()``; default Adam lr 1e-3, weight decay 2e-4.
+        scheduler: optional LR scheduler, called with the optimizer, stepped every epoch.
+
+    Raises:
+        ValueError: on K < 1, M < 2, or an unknown activation or loss.
+    """
+
+    def __init__(
+        self,
+        K: int = 512,
+        activation: str = "sqr",
+        loss: str = "mse",
+        M: Optional[int] = None,
+        V_init_scale: float = 1.0,
+        output_scale: float = 1.0,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__()
+        check_M_K(2 if M is None else M, K)
+        activation_fn(activation)
+        check_loss(loss)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.net: Optional[TwoLayerNet] = None
+        self.li2_capture = False
+        self._F: Optional[torch.Tensor] = None  # captured hidden activations (this rank's rows)
+        self._G_F: Optional[torch.Tensor] = None
+        if M is not None:
+            self._build(M)
+
+    def _build(self, M: int) -> None:
+        hp = self.hparams
+        self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale)
+        # weighted means and counts that torchmetrics syncs across ranks: exact under DDP shards
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes=M, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=M, average="micro")
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        M_data = getattr(dm, "M", None)
+        if self.net is None:
+            if M_data is None:
+                raise ValueError("M=None: give Li2Module an M, or train it with a datamodule that has .M")
+            self.hparams.M = M_data
+            self._build(M_data)
+        elif M_data is not None and M_data != self.hparams.M:
+            raise ValueError(f"M={self.hparams.M} of the model does not match the data's group order {M_data}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (n, M) for index pairs x (n, 2)."""
+        return self.net(x)
+
+    def _step(self, batch):
+        x, y, denom = batch
+        F = self.net.hidden(x)  # (b, K)
+        out = self.net.readout(F)  # (b, M)
+        loss = loss_sum(self.hparams.loss, out, y) / denom
+        return F, out, y, loss, denom
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        F, out, y, loss, denom = self._step(batch)
+        self._check_finite(loss)
+        if self.li2_capture and self._full_batch():
+            F.retain_grad()
+            self._F = F
+        self.train_loss.update(loss.detach(), denom)
+        self.train_acc.update(out.detach(), y)
+        return loss
+
+    def on_after_backward(self) -> None:
+        if self._F is not None and self._F.grad is not None:
+            # the rank's loss is world_size × its share of L, so its F.grad is scaled alike
+            self._G_F = -self._F.grad.detach() / self.trainer.world_size
+            self._F = self._F.detach()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        _, out, y, loss, denom = self._step(batch)
+        self.val_loss.update(loss, denom)
+        self.val_acc.update(out, y)
+
+    # One log_dict per loop and epoch: each logged key costs ~0.4 ms in Lightning's result
+    # collection, comparable to a small model's whole step.
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_loss.reset()
+            self.val_acc.reset()
+            return
+        self.log_dict(self._epoch_values({"val/loss": self.val_loss, "val/acc": self.val_acc}),
+                      prog_bar=True, batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        values = self._epoch_values({"train/loss": self.train_loss, "train/acc": self.train_acc})
+        values["train/W_norm"] = self.net.W.detach().norm()
+        values["train/V_norm"] = self.net.V.detach().norm()
+        self.log_dict(values, batch_size=1)
+
+    @staticmethod
+    def _epoch_values(metrics: dict) -> dict:
+        values = {}
+        for key, metric in metrics.items():
+            values[key] = metric.compute()  # synced across ranks by torchmetrics
+            metric.reset()
+        return values
+
+    def _full_batch(self) -> bool:
+        dm = self.trainer.datamodule
+        return dm is not None and getattr(dm, "batch_size", None) is None
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise NonFiniteLossError(
+                f"train/loss is {loss.item()} at epoch {self.current_epoch}: training stopped before "
+                "the optimizer step, so no checkpoint holds non-finite weights; lower the learning "
+                "rate or output_scale, or resume from the last checkpoint with --ckpt_path")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(list(self.named_parameters()))
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}
+
+    def eta_eff(self) -> Optional[float]:
+        """The theory's ridge η for the top layer, from the loss and V's weight decay (SPEC §2).
+
+        With the class-centred MSE (mean over n samples) and coupled L2 decay wd, the top layer's
+        fixed point is (FᵀF + (n·wd/2) I) V = Fᵀ(Y − 1/M), so η = n·wd/2. None when it is not
+        defined: no trainer or optimizer yet, or a cross-entropy loss.
+        """
+        if self.hparams.loss != "mse" or self._trainer is None or not self.trainer.optimizers:
+            return None
+        dm = self.trainer.datamodule
+        for group in self.trainer.optimizers[0].param_groups:
+            if any(p is self.net.V for p in group["params"]):
+                return dm.n_train * group.get("weight_decay", 0.0) / 2
+        return None
+
+    def li2_probe(self) -> Li2Probe:
+        """The snapshot the Li2 callbacks read (see :mod:`li2_lightning.probe`)."""
+        dm = self.trainer.datamodule
+        F, G_F = self._F, self._G_F
+        self._F = self._G_F = None
+        if F is not None and self.trainer.world_size > 1:
+            F = G_F = None  # this rank holds only its shard's rows; the callbacks recompute
+        return Li2Probe(
+            M=self.hparams.M, x=dm.train_x.to(self.device), y=dm.train_y.to(self.device),
+            W=self.net.W.detach(), V=self.net.V.detach(), activation=self.hparams.activation,
+            loss=self.hparams.loss, group=dm.group, eta_eff=self.eta_eff(),
+            output_scale=self.hparams.output_scale, F=F, G_F=G_F)
