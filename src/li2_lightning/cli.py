@@ -102,6 +102,19 @@ def run_cli(args: Optional[list[str]] = None) -> Li2CLI:
     )
 
 
-def main() -> None:
-    """Console entry point: ``li2 fit --config configs/default.yaml`` (same as train.py)."""
-    run_cli()
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point.
+
+    ``li2 fit --config configs/default.yaml`` is the same as ``python train.py fit ...``;
+    ``li2 sweep FILE`` runs a sweep and ``li2 report RESULTS`` renders its figures.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sweep":
+        from li2_lightning.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv and argv[0] == "report":
+        from li2_lightning.report import main as report_main
+
+        return report_main(argv[1:])
+    run_cli(argv)
