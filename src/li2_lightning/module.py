@@ -20,6 +20,10 @@ def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3, weight_decay=2e-4)
 
 
+_NAN_ADVICE = ("lower the learning rate or output_scale; the last checkpoint written holds the last "
+               "weights with a finite loss (resume from it with --ckpt_path)")
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss is NaN or infinite; no optimizer step is taken."""
 
@@ -77,7 +81,8 @@ class Li2Module(pl.LightningModule):
         hp = self.hparams
         self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale)
         # weighted means and counts that torchmetrics syncs across ranks: exact under DDP shards
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="disable")  # a NaN must show, not be dropped
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.train_acc = MulticlassAccuracy(num_classes=M, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=M, average="micro")
 
@@ -131,8 +136,13 @@ class Li2Module(pl.LightningModule):
             self.val_loss.reset()
             self.val_acc.reset()
             return
-        self.log_dict(self._epoch_values({"val/loss": self.val_loss, "val/acc": self.val_acc}),
-                      prog_bar=True, batch_size=1)
+        values = self._epoch_values({"val/loss": self.val_loss, "val/acc": self.val_acc})
+        if not torch.isfinite(values["val/loss"]):  # identical on every rank: synced by torchmetrics
+            # raised before ModelCheckpoint's on_validation_end, so no checkpoint holds these weights
+            raise NonFiniteLossError(
+                f"val/loss is {values['val/loss'].item()} after the step of epoch {self.current_epoch}: "
+                f"training stopped before these weights were checkpointed; {_NAN_ADVICE}")
+        self.log_dict(values, prog_bar=True, batch_size=1)
 
     def on_train_epoch_end(self) -> None:
         values = self._epoch_values({"train/loss": self.train_loss, "train/acc": self.train_acc})
@@ -157,8 +167,7 @@ class Li2Module(pl.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise NonFiniteLossError(
                 f"train/loss is {loss.item()} at epoch {self.current_epoch}: training stopped before "
-                "the optimizer step, so no checkpoint holds non-finite weights; lower the learning "
-                "rate or output_scale, or resume from the last checkpoint with --ckpt_path")
+                f"the optimizer step; {_NAN_ADVICE}")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(list(self.named_parameters()))

@@ -1,0 +1,143 @@
+import csv
+import glob
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from li2_lightning.data import GroupArithmeticDataModule
+from li2_lightning.losses import loss_sum
+from li2_lightning.module import Li2Module, NonFiniteLossError
+
+
+def _trainer(tmp_path, epochs, **kwargs):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      **kwargs)
+
+
+def _csv_rows(logger):
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_logged_metrics_match_a_direct_evaluation(tmp_path):
+    dm = GroupArithmeticDataModule("Z7", train_fraction=0.6, split_seed=0)
+    torch.manual_seed(0)
+    model = Li2Module(K=16, M=7)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    logger = CSVLogger(tmp_path)
+    _trainer(tmp_path, 1, logger=logger).fit(model, dm)
+    row = {k: float(v) for r in _csv_rows(logger) for k, v in r.items() if v != ""}
+    # train/* are taken at the parameters the step saw, val/* after the step
+    fresh = Li2Module(K=16, M=7)
+    fresh.load_state_dict(start)
+    with torch.no_grad():
+        out = fresh(dm.train_x)
+        assert row["train/loss"] == pytest.approx(loss_sum("mse", out, dm.train_y).item() / len(dm.train_y), rel=1e-5)
+        assert row["train/acc"] == pytest.approx((out.argmax(1) == dm.train_y).float().mean().item())
+        out_t = model(dm.test_x)
+        assert row["val/loss"] == pytest.approx(loss_sum("mse", out_t, dm.test_y).item() / len(dm.test_y), rel=1e-5)
+        assert row["val/acc"] == pytest.approx((out_t.argmax(1) == dm.test_y).float().mean().item())
+        assert row["train/W_norm"] == pytest.approx(model.net.W.norm().item(), rel=1e-6)
+        assert row["train/V_norm"] == pytest.approx(model.net.V.norm().item(), rel=1e-6)
+
+
+def test_M_is_taken_from_the_datamodule_and_checked():
+    dm = GroupArithmeticDataModule("D5", train_fraction=0.5)
+    model = Li2Module(K=8)
+    _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    assert model.hparams.M == 10 and model.net.V.shape == (8, 10)
+    with pytest.raises(ValueError, match="M=7 of the model does not match the data's group order 10"):
+        _trainer(None, 1, logger=False, enable_checkpointing=False).fit(Li2Module(K=8, M=7), dm)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"K": 0}, "K=0"), ({"M": 1}, "M=1"), ({"activation": "gelu"}, "activation='gelu'"),
+    ({"loss": "l1"}, r"loss='l1'.*\['mse', 'ce'\]"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Li2Module(**kwargs)
+
+
+def test_captured_G_F_is_minus_the_gradient_of_the_full_loss():
+    dm = GroupArithmeticDataModule("Z11", train_fraction=0.5)
+    torch.manual_seed(1)
+    model = Li2Module(K=12, loss="ce", optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    model.li2_capture = True
+    _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    probe = model.li2_probe()
+    F = model.net.hidden(dm.train_x).detach().requires_grad_(True)
+    loss = loss_sum("ce", model.net.readout(F), dm.train_y) / len(dm.train_y)
+    (grad,) = torch.autograd.grad(loss, F)
+    torch.testing.assert_close(probe.F, F.detach())
+    torch.testing.assert_close(probe.G_F, -grad)
+    assert probe.eta_eff is None  # defined for the MSE loss only
+    assert model.li2_probe().F is None  # consumed
+
+
+def test_eta_eff_follows_the_loss_and_weight_decay():
+    dm = GroupArithmeticDataModule("Z11", n_train=60)
+    model = Li2Module(K=8, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=2e-4))
+    _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    assert model.eta_eff() == pytest.approx(60 * 2e-4 / 2)
+
+
+def test_resume_from_checkpoint_reaches_the_same_epoch_20(tmp_path):
+    def run(epochs, root, ckpt_path=None, every=None):
+        pl.seed_everything(5, verbose=False)
+        dm = GroupArithmeticDataModule("Z13", train_fraction=0.5, split_seed=2)
+        model = Li2Module(K=32, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=1e-3))
+        logger = CSVLogger(root, version=0)
+        cbs = [ModelCheckpoint(dirpath=root / "ckpt", every_n_epochs=every, save_top_k=-1)] if every else []
+        trainer = _trainer(root, epochs, logger=logger, callbacks=cbs, enable_checkpointing=bool(every))
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return model, trainer, _csv_rows(logger)
+
+    full, _, full_rows = run(20, tmp_path / "full")
+    _, _, _ = run(10, tmp_path / "part", every=10)
+    [ckpt] = glob.glob(str(tmp_path / "part" / "ckpt" / "*.ckpt"))
+    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+    resumed, trainer, rows = run(20, tmp_path / "resumed", ckpt_path=ckpt)
+    assert trainer.current_epoch == 20
+    for name, p in full.named_parameters():
+        torch.testing.assert_close(dict(resumed.named_parameters())[name], p, rtol=1e-6, atol=1e-7)
+    last = lambda rs, key: [float(r[key]) for r in rs if r.get(key)][-1]  # noqa: E731
+    for key in ("val/acc", "val/loss", "train/loss", "train/W_norm"):
+        assert last(rows, key) == pytest.approx(last(full_rows, key), rel=1e-5)
+    # the optimizer state came along: Adam's step count is 20, not 10
+    state = trainer.optimizers[0].state_dict()["state"]
+    assert all(int(s["step"]) == 20 for s in state.values())
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    dm = GroupArithmeticDataModule("Z7", train_fraction=0.6)
+    torch.manual_seed(0)
+    model = Li2Module(K=16, optimizer=lambda p: torch.optim.SGD(p, lr=1e4))
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_epochs=1)
+    trainer = _trainer(tmp_path, 50, logger=False, callbacks=[ckpt])
+    with pytest.raises(NonFiniteLossError, match=r"(train|val)/loss is (nan|inf)"):
+        trainer.fit(model, dm)
+    failed_at = trainer.current_epoch
+    assert failed_at >= 1
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["epoch"] == failed_at - 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    restored = Li2Module.load_from_checkpoint(tmp_path / "last.ckpt")
+    loss = loss_sum("mse", restored(dm.train_x), dm.train_y)
+    assert torch.isfinite(loss)
+
+
+def test_nan_in_the_training_step_stops_before_the_optimizer_step(tmp_path):
+    dm = GroupArithmeticDataModule("Z7", train_fraction=0.6)
+    model = Li2Module(K=4, M=7)
+    with torch.no_grad():
+        model.net.V[0, 0] = float("nan")
+    trainer = _trainer(tmp_path, 3, logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    with pytest.raises(NonFiniteLossError, match="train/loss is nan at epoch 0: training stopped before the optimizer step"):
+        trainer.fit(model, dm)
+    assert not list(tmp_path.glob("*.ckpt"))
