@@ -141,3 +141,10 @@ def test_nan_in_the_training_step_stops_before_the_optimizer_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match="train/loss is nan at epoch 0: training stopped before the optimizer step"):
         trainer.fit(model, dm)
     assert not list(tmp_path.glob("*.ckpt"))
+
+
+def test_eta_eff_is_undefined_for_decoupled_decay():
+    dm = GroupArithmeticDataModule("Z11", n_train=60)
+    model = Li2Module(K=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=2e-4))
+    _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    assert model.eta_eff() is None

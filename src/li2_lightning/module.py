@@ -180,15 +180,19 @@ class Li2Module(pl.LightningModule):
         """The theory's ridge η for the top layer, from the loss and V's weight decay (SPEC §2).
 
         With the class-centred MSE (mean over n samples) and coupled L2 decay wd, the top layer's
-        fixed point is (FᵀF + (n·wd/2) I) V = Fᵀ(Y − 1/M), so η = n·wd/2. None when it is not
-        defined: no trainer or optimizer yet, or a cross-entropy loss.
+        fixed point is (FᵀF + (n·wd/2) I) V = Fᵀ(Y − 1/M), so η = n·wd/2 (SGD and Adam alike:
+        both stop where the gradient plus wd·V vanishes). None when it is not defined: no trainer
+        or optimizer yet, a cross-entropy loss, or decoupled decay (AdamW), whose fixed point is
+        not a ridge solution.
         """
         if self.hparams.loss != "mse" or self._trainer is None or not self.trainer.optimizers:
             return None
-        dm = self.trainer.datamodule
-        for group in self.trainer.optimizers[0].param_groups:
+        optimizer = self.trainer.optimizers[0]
+        for group in optimizer.param_groups:
             if any(p is self.net.V for p in group["params"]):
-                return dm.n_train * group.get("weight_decay", 0.0) / 2
+                if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay", False):
+                    return None
+                return self.trainer.datamodule.n_train * group.get("weight_decay", 0.0) / 2
         return None
 
     def li2_probe(self) -> Li2Probe:
