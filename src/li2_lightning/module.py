@@ -116,6 +116,10 @@ class Li2Module(pl.LightningModule):
             self._F = F
         self.train_loss.update(loss.detach(), denom)
         self.train_acc.update(out.detach(), y)
+        # logged from the step (Lightning computes and resets the metrics at epoch end), so every
+        # callback's on_train_epoch_end already sees this epoch's values
+        self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc}, on_step=False,
+                      on_epoch=True, batch_size=1)
         return loss
 
     def on_after_backward(self) -> None:
@@ -145,10 +149,8 @@ class Li2Module(pl.LightningModule):
         self.log_dict(values, prog_bar=True, batch_size=1)
 
     def on_train_epoch_end(self) -> None:
-        values = self._epoch_values({"train/loss": self.train_loss, "train/acc": self.train_acc})
-        values["train/W_norm"] = self.net.W.detach().norm()
-        values["train/V_norm"] = self.net.V.detach().norm()
-        self.log_dict(values, batch_size=1)
+        self.log_dict({"train/W_norm": self.net.W.detach().norm(), "train/V_norm": self.net.V.detach().norm()},
+                      batch_size=1)
 
     @staticmethod
     def _epoch_values(metrics: dict) -> dict:
