@@ -97,7 +97,7 @@ def _load(tmp: Path, rank: int) -> dict:
     return torch.load(tmp / f"final_rank{rank}.pt", weights_only=True)
 
 
-@pytest.mark.slow  # three 2-rank train.py runs: ~20 s on an idle 2-core machine, ~55 s under load
+# three 2-rank train.py runs: ~20 s on an idle 2-core machine, ~55 s under load; in the default run
 def test_li2module_muon_ddp_matches_single_process_and_resumes():
     """Li2Module + Muon (li2) on Z11, two gloo ranks, 20 full-batch steps:
 
