@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
-import pytest
 import torch
 import yaml
 
