@@ -148,3 +148,17 @@ def test_eta_eff_is_undefined_for_decoupled_decay():
     model = Li2Module(K=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=2e-4))
     _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
     assert model.eta_eff() is None
+
+
+def test_minibatches_take_one_step_per_batch_and_log_the_epoch_mean(tmp_path):
+    dm = GroupArithmeticDataModule("Z7", n_train=40, batch_size=16)
+    torch.manual_seed(0)
+    model = Li2Module(K=8, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))  # frozen: every batch sees the same net
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, 2, logger=logger, enable_checkpointing=False)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2 * 3  # ⌈40 / 16⌉ steps an epoch
+    row = [r for r in _csv_rows(logger) if r.get("train/loss")][-1]
+    with torch.no_grad():
+        full = loss_sum("mse", model(dm.train_x), dm.train_y).item() / 40
+    assert float(row["train/loss"]) == pytest.approx(full, rel=1e-5)

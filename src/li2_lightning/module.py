@@ -81,8 +81,10 @@ class Li2Module(pl.LightningModule):
         hp = self.hparams
         self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale)
         # weighted means and counts that torchmetrics syncs across ranks: exact under DDP shards
-        self.train_loss = MeanMetric(nan_strategy="disable")  # a NaN must show, not be dropped
-        self.val_loss = MeanMetric(nan_strategy="disable")
+        # A NaN must show, not be dropped; nan_strategy="disable" would also drop the weights
+        # (torchmetrics 1.9), so NaN is "imputed" with NaN.
+        self.train_loss = MeanMetric(nan_strategy=float("nan"))
+        self.val_loss = MeanMetric(nan_strategy=float("nan"))
         self.train_acc = MulticlassAccuracy(num_classes=M, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=M, average="micro")
 
