@@ -43,6 +43,7 @@ def test_print_config_shows_the_linked_settings(capsys):
     (["--model.K", "0"], "K=0"),
     (["--model.activation", "tanh"], "activation='tanh'"),
     (["--model.loss", "hinge"], "loss='hinge'"),
+    (["--torch_threads", "0"], "torch_threads=0"),
 ])
 def test_bad_input_fails_before_any_run_directory_is_written(args, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Optional
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
@@ -56,6 +57,17 @@ class Li2CLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.M", "model.M", apply_on="instantiate")
+        parser.add_argument(
+            "--torch_threads", type=Optional[int], default=None,
+            help="torch CPU threads for this process (default: torch's choice). 1 is fastest for "
+                 "small nets or when other processes share the cores; DDP sets 1 per rank.")
+
+    def before_instantiate_classes(self) -> None:
+        threads = self.config.get(self.subcommand, self.config).get("torch_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"torch_threads={threads!r} is not accepted; accepted: an integer >= 1")
+            torch.set_num_threads(threads)
 
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:

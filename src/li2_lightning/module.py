@@ -126,9 +126,12 @@ class Li2Module(pl.LightningModule):
 
     def on_after_backward(self) -> None:
         if self._F is not None and self._F.grad is not None:
-            # the rank's loss is world_size × its share of L, so its F.grad is scaled alike
-            self._G_F = -self._F.grad.detach() / self.trainer.world_size
-            self._F = self._F.detach()
+            # in place: F.grad is not needed after this; the rank's loss is world_size × its
+            # share of L, so its F.grad is scaled alike
+            G_F = self._F.grad.detach().neg_()
+            if self.trainer.world_size > 1:
+                G_F.div_(self.trainer.world_size)
+            self._G_F, self._F = G_F, self._F.detach()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         _, out, y, loss, denom = self._step(batch)

@@ -2,7 +2,7 @@
 
 Any LightningModule can be watched by the Li2 callbacks if it has a method ``li2_probe()`` that
 returns a :class:`Li2Probe`. ``Li2Module`` implements it; a user's own module needs a few lines
-(see the README, "Callbacks on your own model").
+(see docs/callbacks.md).
 
 Optionally, a module can save the callbacks a forward and backward pass: when a callback sets
 ``pl_module.li2_capture = True`` before a training step, a module that supports capture stores the

@@ -5,6 +5,7 @@
 - :class:`EnergyMonitor`: per-node energy E(w/‖w‖) against an exact irrep maximum (``li2/energy``).
 - :class:`FeatureMonitor`: purity, coverage, node × irrep heatmap (``li2/feat``).
 - :class:`StageMonitor`: lazy → independent → interactive → done / stalled (``stage/``).
+- :class:`AccuracyMilestones`: first epochs of train accuracy 1 and test accuracy 0.5 / 0.99.
 
 See docs/callbacks.md; ``callbacks/li2.yaml`` adds all four to a LightningCLI run.
 """
@@ -12,6 +13,7 @@ See docs/callbacks.md; ``callbacks/li2.yaml`` adds all four to a LightningCLI ru
 from li2_lightning.callbacks.energy_monitor import EnergyMonitor
 from li2_lightning.callbacks.feature_monitor import FeatureMonitor
 from li2_lightning.callbacks.gf_structure import GFStructureMonitor
+from li2_lightning.callbacks.milestones import AccuracyMilestones
 from li2_lightning.callbacks.stage_monitor import StageMonitor
 
-__all__ = ["GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor"]
+__all__ = ["GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor", "AccuracyMilestones"]
