@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from li2_lightning.analysis import features
 from li2_lightning.data import P_STAR_C, critical_fraction, n_train_for, split_pairs
 from li2_lightning.groups import make_group
 from li2_lightning.losses import check_loss
@@ -492,30 +493,16 @@ class PopulationModule(pl.LightningModule):
 
 
 def coverage(W: torch.Tensor, basis, purity_threshold: float = 0.9) -> dict:
-    """Feature purity and irrep coverage of a first layer W (2M, K) (SPEC §6, item 5).
+    """Mean feature purity and irrep coverage of a first layer W (2M, K) (SPEC §6, item 5).
 
-    A node's purity is the largest share of its weight power (both operand blocks, means removed)
-    in one non-trivial real irrep block; coverage is the fraction of non-trivial blocks that are the
-    dominant block of at least one node with purity ≥ ``purity_threshold``. float64.
+    Thin wrapper over :mod:`li2_lightning.analysis.features` (float64 there).
 
     Returns:
         ``{"purity_mean": float, "coverage": float}``.
     """
-    M = W.shape[0] // 2
-    Q = basis.Q.to(torch.float64)  # (M, M), columns grouped by block
-    u = W.to(torch.float64).view(2, M, -1)
-    u = u - u.mean(1, keepdim=True)
-    coef = torch.einsum("mb,imk->ibk", Q, u).square().sum(0)  # (M basis cols, K)
-    power = torch.zeros(len(basis.block_slices), coef.shape[1], dtype=torch.float64)
-    for b, sl in enumerate(basis.block_slices):
-        power[b] = coef[sl].sum(0)
-    trivial = 0  # block 0 is the trivial irrep (removed with the means)
-    power[trivial] = 0
-    share = power / power.sum(0).clamp(min=1e-300)
-    purity, best = share.max(0)
-    pure = purity >= purity_threshold
-    held = set(best[pure].tolist()) - {trivial}
-    return {"purity_mean": float(purity.mean()), "coverage": len(held) / max(1, len(basis.block_slices) - 1)}
+    power = features.irrep_power(W, basis)  # (K, 2, B)
+    return {"purity_mean": float(features.purity(power).mean()),
+            "coverage": features.coverage(power, purity_threshold)}
 
 
 def train_population(module: PopulationModule, max_epochs: int, accelerator: str = "auto",

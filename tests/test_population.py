@@ -1,0 +1,133 @@
+"""Population training: members match separate Li2Module runs; optimizers keep members independent."""
+
+import math
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
+
+from li2_lightning.data import GroupArithmeticDataModule
+from li2_lightning.module import Li2Module
+from li2_lightning.population import PopulationModule, PopulationOptimizer, train_population
+
+warnings.filterwarnings("ignore")
+
+
+class _Collect(Logger):
+    """Keeps every logged row, keyed by epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, dict] = {}
+
+    name, version = "collect", 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.setdefault(int(metrics.get("epoch", -1)), {}).update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def _trainer(epochs, logger=False):
+    return pl.Trainer(max_epochs=epochs, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+                      log_every_n_steps=1)
+
+
+def _li2_run(group, K, seed, split_seed, train_fraction, opt, epochs, **model_kw):
+    pl.seed_everything(seed, verbose=False)
+    dm = GroupArithmeticDataModule(group, train_fraction=train_fraction, split_seed=split_seed)
+    model = Li2Module(K=K, M=dm.M, optimizer=opt, **model_kw)
+    log = _Collect()
+    _trainer(epochs, log).fit(model, dm)
+    curves = {k: [log.rows[e][k] for e in range(epochs)] for k in ("train/acc", "train/loss", "val/acc", "val/loss")}
+    return model, curves
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw"])
+def test_population_matches_separate_li2module_runs(rule):
+    group, K, epochs = "Z11", 24, 25
+    seeds = list(range(8))
+    split_seeds = [10 + s for s in seeds]
+    fractions = [0.3, 0.5] * 4
+    wds = [0.0, 2e-4, 1e-3, 5e-3] * 2
+    lrs = [1e-2, 3e-3] * 4
+    pop = PopulationModule(group, K, seeds=seeds, split_seeds=split_seeds, train_fraction=fractions,
+                           lr=lrs, weight_decay=wds, optimizer=rule, analyze=False)
+    train_population(pop, epochs, accelerator="cpu")
+    got = pop.lightning_metrics()
+    cls = torch.optim.Adam if rule == "adam" else torch.optim.AdamW
+    for s in seeds:
+        model, ref = _li2_run(group, K, seeds[s], split_seeds[s], fractions[s],
+                              lambda p, s=s: cls(p, lr=lrs[s], weight_decay=wds[s]), epochs)
+        for key, values in ref.items():
+            torch.testing.assert_close(got[key][:, s], torch.tensor(values), atol=2e-5, rtol=2e-5,
+                                       msg=lambda m: f"member {s}, {key}: {m}")
+        torch.testing.assert_close(pop.W[s].detach(), model.net.W.detach(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(pop.V[s].detach(), model.net.V.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_initial_members_equal_li2module_init():
+    pop = PopulationModule("Z7", 5, seeds=[3, 9], V_init_scale=[1.0, 0.0], analyze=False)
+    for s, (seed, scale) in enumerate([(3, 1.0), (9, 0.0)]):
+        pl.seed_everything(seed, verbose=False)
+        ref = Li2Module(K=5, M=7, V_init_scale=scale)
+        assert torch.equal(pop.W[s], ref.net.W) and torch.equal(pop.V[s], ref.net.V)
+
+
+def _grad_step(rule, lr, wd, W, V, steps=3, **kw):
+    Wp, Vp = torch.nn.Parameter(W.clone()), torch.nn.Parameter(V.clone())
+    groups = [{"params": [Wp], "muon": True}, {"params": [Vp]}] if rule == "muon" else [{"params": [Wp, Vp]}]
+    opt = PopulationOptimizer(groups, rule, torch.tensor(lr), torch.tensor(wd), **kw)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        Wp.grad = torch.randn(Wp.shape, generator=g)
+        Vp.grad = torch.randn(Vp.shape, generator=g)
+        opt.step()
+    return Wp.detach(), Vp.detach()
+
+
+@pytest.mark.parametrize("rule,momentum", [("sgd", 0.0), ("sgd", 0.9), ("muon", 0.0)])
+def test_optimizer_members_match_reference(rule, momentum):
+    torch.manual_seed(1)
+    W, V = torch.randn(3, 6, 10), torch.randn(3, 10, 5)
+    lrs, wds = [0.1, 0.02, 0.0], [0.0, 0.1, 0.3]
+    Wb, Vb = _grad_step(rule, lrs, wds, W, V, momentum=momentum)
+    g = torch.Generator().manual_seed(0)
+    grads = [(torch.randn(W.shape, generator=g), torch.randn(V.shape, generator=g)) for _ in range(3)]
+    for s in range(3):
+        w, v = torch.nn.Parameter(W[s].clone()), torch.nn.Parameter(V[s].clone())
+        if rule == "sgd":
+            opts = [torch.optim.SGD([w, v], lr=lrs[s], weight_decay=wds[s], momentum=momentum)]
+        else:
+            from li2_lightning.optim import Muon
+            opts = [Muon([("W", w), ("V", v)], lr=lrs[s], weight_decay=wds[s], preset="li2")]
+        for gw, gv in grads:
+            w.grad, v.grad = gw[s].clone(), gv[s].clone()
+            opts[0].step()
+        torch.testing.assert_close(Wb[s], w.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(Vb[s], v.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_results_table_and_early_stop():
+    pop = PopulationModule("Z13", 64, seeds=[0, 1], train_fraction=0.6, lr=2e-2, weight_decay=5e-3,
+                           stop_at_test_acc=0.99, check_every=10)
+    rows = train_population(pop, 400, accelerator="cpu")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["M"] == 13 and r["n_train"] == 13 * 13 - math.ceil(round(0.4 * 169, 9))
+        assert r["final_test_acc"] >= 0.99 and r["stopped_early"] and r["epochs"] < 400
+        assert r["epochs_to_train_acc_1"] is not None and r["epochs_to_test_acc_0.5"] <= r["epochs_to_test_acc_0.99"]
+        assert 0 <= r["coverage"] <= 1 and r["energy_mean"] > 0
+
+
+def test_rejects_bad_settings():
+    with pytest.raises(ValueError, match="members"):
+        PopulationModule("Z7", 4, seeds=[0, 1], lr=[1e-3, 1e-3, 1e-3])
+    with pytest.raises(ValueError, match="optimizer"):
+        PopulationModule("Z7", 4, seeds=[0], optimizer="lion")
+    with pytest.raises(ValueError, match="seeds"):
+        PopulationModule("Z7", 4, seeds=[])

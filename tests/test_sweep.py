@@ -1,0 +1,112 @@
+"""Sweeps: expansion, packing, results file, and a killed-and-restarted sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from li2_lightning.sweep import (append_results, done_ids, expand, export_wandb, load_sweep, pack, point_id,
+                                 run_sweep)
+
+
+def _write(tmp_path, spec, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_grid_points_and_fixed(tmp_path):
+    spec = load_sweep(_write(tmp_path, {
+        "fixed": {"K": 8, "lr": 1e-3},
+        "grid": {"group": ["Z5", "Z7"], "seed": [0, 1, 2]},
+        "points": [{"weight_decay": 0.0}, {"weight_decay": 1e-3, "lr": 2e-3}]}))
+    points = expand(spec)
+    assert len(points) == 2 * 3 * 2
+    assert {"group": "Z7", "seed": 2, "K": 8, "lr": 2e-3, "weight_decay": 1e-3} in points
+    assert len({point_id(p) for p in points}) == len(points)
+    assert spec["results"].endswith("s.jsonl")
+
+
+def test_grids_union_and_validation(tmp_path):
+    spec = load_sweep(_write(tmp_path, {"grids": [{"group": ["Z5"], "seed": [0, 1]},
+                                                  {"group": ["D3"], "seed": [0]}]}))
+    assert [p["group"] for p in expand(spec)] == ["Z5", "Z5", "D3"]
+    with pytest.raises(ValueError, match="not known"):
+        expand(load_sweep(_write(tmp_path, {"grid": {"group": ["Z5"], "sed": [0]}})))
+    with pytest.raises(ValueError, match="non-empty list"):
+        expand(load_sweep(_write(tmp_path, {"grid": {"group": "Z5"}})))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_sweep(_write(tmp_path, {"gird": {}}))
+    with pytest.raises(ValueError, match="more than one"):
+        expand(load_sweep(_write(tmp_path, {"fixed": {"group": "Z5", "n_train": 3, "train_fraction": 0.5}})))
+
+
+def test_pack_keeps_shared_settings_together():
+    points = [{"group": g, "K": 8, "seed": s, "weight_decay": wd, "p_star_multiplier": m}
+              for g in ("Z5", "Z7") for s in range(3) for wd in (0.0, 1e-3) for m in (2.0, 1.0)]
+    pops = pack(points, population_size=5)
+    assert sum(len(p) for p in pops) == len(points)
+    for pop in pops:
+        assert len({p["group"] for p in pop}) == 1 and len(pop) <= 5
+        ms = [p["p_star_multiplier"] for p in pop]
+        assert ms == sorted(ms)
+    assert len(pack(points + [{"group": "Z5", "K": 16, "seed": 0}], 100)) == 3
+
+
+def test_results_file_skips_torn_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_results(path, [{"id": "a"}])
+    with path.open("a") as f:
+        f.write('{"id": "b", "tor')  # a writer killed mid-line
+    append_results(path, [{"id": "c"}])
+    assert done_ids(path) == {"a", "c"}
+    assert path.read_text().splitlines()[-1] == '{"id": "c"}'
+
+
+def test_run_sweep_in_process_and_resume(tmp_path):
+    path = _write(tmp_path, {"results": str(tmp_path / "r.jsonl"), "population_size": 3, "accelerator": "cpu",
+                             "fixed": {"group": "Z5", "K": 8, "max_epochs": 5, "lr": 1e-2},
+                             "grid": {"seed": [0, 1, 2, 3], "train_fraction": [0.5, 0.8]}})
+    assert run_sweep(path, progress=False, limit=1) == 3  # stopped after one population, as if killed
+    assert len(done_ids(tmp_path / "r.jsonl")) == 3
+    assert run_sweep(path, progress=False) == 5
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(point_id(p) for p in expand(load_sweep(path)))
+    assert all(r["epochs"] == 5 and r["M"] == 5 for r in rows)
+    assert run_sweep(path, progress=False) == 0
+
+
+@pytest.mark.slow  # two subprocesses each paying Lightning's import; ~20 s on an idle 2-core machine
+def test_killed_sweep_restarts_without_loss_or_duplicates(tmp_path):
+    results = tmp_path / "r.jsonl"
+    path = _write(tmp_path, {"results": str(results), "population_size": 2, "accelerator": "cpu",
+                             "fixed": {"group": "Z7", "K": 16, "max_epochs": 150, "lr": 1e-2},
+                             "grid": {"seed": list(range(12))}})
+    cmd = [sys.executable, "-c", "import sys; from li2_lightning.sweep import main; main(sys.argv[1:])",
+           str(path), "--no-progress", "--threads", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(done_ids(results)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    killed_mid_sweep = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(done_ids(results))
+    assert killed_mid_sweep and 2 <= before < 12, f"kill did not land mid-sweep ({before} points done)"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    ids = [json.loads(line)["id"] for line in results.read_text().splitlines() if line.strip()]
+    assert sorted(ids) == sorted(point_id(p) for p in expand(load_sweep(path)))  # each exactly once
+
+
+def test_export_wandb(tmp_path):
+    path = _write(tmp_path, {"fixed": {"group": "Z5"}, "grid": {"seed": [0, 1, 2]}})
+    cfg = export_wandb(path, tmp_path / "w.yaml")
+    assert cfg["parameters"]["point_index"]["values"] == [0, 1, 2]
+    assert yaml.safe_load((tmp_path / "w.yaml").read_text())["method"] == "grid"
