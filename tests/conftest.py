@@ -11,3 +11,15 @@ os.environ.pop("WANDB_API_KEY", None)
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _finish_wandb_runs():
+    """A W&B run left open by one test would be reused by the next test's WandbLogger."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

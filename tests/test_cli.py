@@ -54,8 +54,10 @@ def test_bad_input_fails_before_any_run_directory_is_written(args, match, tmp_pa
 
 def test_wandb_offline_run_is_written_and_read_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # an absolute save_dir: wandb's service process may have been started by an earlier test in
+    # another working directory, and it resolves relative paths against its own
     run_cli(["fit", "--config", str(ROOT / "configs" / "default.yaml"), "--trainer.max_epochs", "4",
-             "--trainer.accelerator", "cpu"])
+             "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs" / "default")])
     wandb.finish()  # flush the buffered tail of the run file
     [run_dir] = glob.glob(str(tmp_path / "runs" / "default" / "wandb" / "offline-run-*"))
     history = read_history(run_dir)
