@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
+CALLBACKS ?= callbacks/li2.yaml
 
 .PHONY: install train test test-slow bench
 
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 train: $(STAMP)
-	$(PY) train.py fit --config $(CONFIG)
+	$(PY) train.py fit --config $(CONFIG) --config $(CALLBACKS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
