@@ -32,6 +32,40 @@ def split_pairs(M: int, n_train: int, split_seed: int) -> tuple[torch.Tensor, to
     return perm[:n_train].sort().values, perm[n_train:].sort().values
 
 
+def resolve_n_train(
+    M: int,
+    train_fraction: Optional[float] = None,
+    n_train: Optional[int] = None,
+    p_star_multiplier: Optional[float] = None,
+    p_star_c: float = P_STAR_C,
+) -> int:
+    """The number of training pairs set by one of its three forms (default: train_fraction 0.4).
+
+    Raises:
+        ValueError: if more than one form is given, or the size is outside its accepted range.
+    """
+    given = [k for k, v in [("train_fraction", train_fraction), ("n_train", n_train),
+                            ("p_star_multiplier", p_star_multiplier)] if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"set only one of train_fraction, n_train, p_star_multiplier; got {given}")
+    if p_star_c <= 0:
+        raise ValueError(f"p_star_c={p_star_c!r} is not accepted; accepted: a number > 0")
+    if p_star_multiplier is not None:
+        if not p_star_multiplier > 0:
+            raise ValueError(f"p_star_multiplier={p_star_multiplier!r} is not accepted; accepted: a number > 0")
+        train_fraction = min(1.0, p_star_multiplier * critical_fraction(M, p_star_c))
+    if n_train is None:
+        p = DEFAULT_TRAIN_FRACTION if train_fraction is None else train_fraction
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"train_fraction={p!r} is outside the accepted range (0, 1]")
+        n_train = n_train_for(M, p)
+    if int(n_train) != n_train or not 1 <= n_train <= M * M:
+        raise ValueError(
+            f"n_train={n_train!r} is not accepted for a group of order {M}; accepted: an integer in "
+            f"[1, M²={M * M}] (a train_fraction this small leaves no training pair)")
+    return int(n_train)
+
+
 class _Batches(IterableDataset):
     """Yields this rank's share of each batch as ``(x, y, denom)``.
 
@@ -115,26 +149,7 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.group: Group = make_group(group)
         M = self.M
-        given = [k for k, v in [("train_fraction", train_fraction), ("n_train", n_train),
-                                ("p_star_multiplier", p_star_multiplier)] if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"set only one of train_fraction, n_train, p_star_multiplier; got {given}")
-        if p_star_c <= 0:
-            raise ValueError(f"p_star_c={p_star_c!r} is not accepted; accepted: a number > 0")
-        if p_star_multiplier is not None:
-            if not p_star_multiplier > 0:
-                raise ValueError(
-                    f"p_star_multiplier={p_star_multiplier!r} is not accepted; accepted: a number > 0")
-            train_fraction = min(1.0, p_star_multiplier * critical_fraction(M, p_star_c))
-        if n_train is None:
-            p = DEFAULT_TRAIN_FRACTION if train_fraction is None else train_fraction
-            if not 0.0 < p <= 1.0:
-                raise ValueError(f"train_fraction={p!r} is outside the accepted range (0, 1]")
-            n_train = n_train_for(M, p)
-        if not isinstance(n_train, int) or not 1 <= n_train <= M * M:
-            raise ValueError(
-                f"n_train={n_train!r} is not accepted for group {group!r}; accepted: an integer in "
-                f"[1, M²={M * M}] (a train_fraction this small leaves no training pair)")
+        n_train = resolve_n_train(M, train_fraction, n_train, p_star_multiplier, p_star_c)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not accepted; accepted: None or >= 1")
         self.n_train = n_train

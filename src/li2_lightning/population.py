@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from li2_lightning.analysis import features
-from li2_lightning.data import P_STAR_C, critical_fraction, n_train_for, split_pairs
+from li2_lightning.data import P_STAR_C, resolve_n_train, split_pairs
 from li2_lightning.groups import make_group
 from li2_lightning.losses import check_loss
 from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K
@@ -53,26 +53,6 @@ def _per_member(name: str, value, S: int, cast=float) -> list:
                              "give one value per member or a single value for all")
         return [None if v is None else cast(v) for v in value]
     return [cast(value)] * S
-
-
-def member_n_train(M: int, train_fraction: Optional[float], n_train: Optional[int],
-                   p_star_multiplier: Optional[float], p_star_c: float = P_STAR_C) -> int:
-    """Training pairs of one member, by the rules of ``GroupArithmeticDataModule``."""
-    given = [v for v in (train_fraction, n_train, p_star_multiplier) if v is not None]
-    if len(given) > 1:
-        raise ValueError("set only one of train_fraction, n_train, p_star_multiplier per member")
-    if p_star_multiplier is not None:
-        if not p_star_multiplier > 0:
-            raise ValueError(f"p_star_multiplier={p_star_multiplier!r} is not accepted; accepted: > 0")
-        train_fraction = min(1.0, p_star_multiplier * critical_fraction(M, p_star_c))
-    if n_train is None:
-        p = 0.4 if train_fraction is None else train_fraction
-        if not 0.0 < p <= 1.0:
-            raise ValueError(f"train_fraction={p!r} is outside the accepted range (0, 1]")
-        n_train = n_train_for(M, p)
-    if int(n_train) != n_train or not 1 <= n_train <= M * M:
-        raise ValueError(f"n_train={n_train!r} is not accepted; accepted: an integer in [1, M²={M * M}]")
-    return int(n_train)
 
 
 class PopulationOptimizer(torch.optim.Optimizer):
@@ -278,7 +258,7 @@ class PopulationModule(pl.LightningModule):
         fr = _per_member("train_fraction", train_fraction, S)
         nt = _per_member("n_train", n_train, S, int)
         pm = _per_member("p_star_multiplier", p_star_multiplier, S)
-        self.n_trains = [member_n_train(M, fr[s], nt[s], pm[s], p_star_c) for s in range(S)]
+        self.n_trains = [resolve_n_train(M, fr[s], nt[s], pm[s], p_star_c) for s in range(S)]
         self.lrs = _per_member("lr", lr, S)
         self.wds = _per_member("weight_decay", weight_decay, S)
         self.muon_lrs = self.lrs if muon_lr is None else _per_member("muon_lr", muon_lr, S)
