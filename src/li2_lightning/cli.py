@@ -72,10 +72,12 @@ class Li2CLI(LightningCLI):
     def before_fit(self) -> None:
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
-                # the W&B config gets model and data hparams by itself; add optimizer and trainer
+                # the W&B config gets model and data hparams by itself; add the rest
                 cfg = self.config.get(self.subcommand, self.config)
+                model_cfg = cfg.get("model", {})
                 logger.experiment.config.update(
-                    {"optimizer": _plain(cfg.get("model", {}).get("optimizer")),
+                    {"optimizer": _plain(model_cfg.get("optimizer")),
+                     "scheduler": _plain(model_cfg.get("scheduler")),
                      "trainer": _plain(cfg.get("trainer")),
                      "seed_everything": cfg.get("seed_everything")},
                     allow_val_change=True)
