@@ -24,16 +24,7 @@ from li2_lightning.data import GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
 from li2_lightning.population import PopulationModule
 
-
-class _EpochClock(pl.Callback):
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.stamps.append(time.perf_counter())
+from bench_trainer import _EpochClock  # bench/ is on sys.path when a script there runs
 
 
 def _trainer(epochs: int, clock: _EpochClock) -> pl.Trainer:
