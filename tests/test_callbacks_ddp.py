@@ -76,7 +76,6 @@ def _train(config: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
 def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     procs = [_train(_config(tmp_path / "one", 1)), _train(_config(tmp_path / "ddp", 2))]
     for p in procs:

@@ -82,7 +82,7 @@ def test_run_sweep_in_process_and_resume(tmp_path):
     assert run_sweep(path, progress=False) == 0
 
 
-@pytest.mark.slow  # two subprocesses each paying Lightning's import; ~20 s on an idle 2-core machine
+# two subprocesses each paying Lightning's import; ~10-20 s on a 2-core machine; in the default run
 def test_killed_sweep_restarts_without_loss_or_duplicates(tmp_path):
     results = tmp_path / "r.jsonl"
     path = _write(tmp_path, {"results": str(results), "population_size": 2, "accelerator": "cpu",
