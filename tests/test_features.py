@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from li2_lightning.analysis.features import (
+    abelian_matching_score,
     block_power,
     covered_blocks,
     coverage,
@@ -206,3 +207,13 @@ def test_gradient_ascent_reaches_pure_matched_maxima(name, maxima):
     assert float(matching_score(W, G.table).min()) > 0.99
     if name == "Z11":  # the relative phase stays where the random start put it
         assert float(inverse_alignment(W, G.inverse).min()) < 0.9
+
+
+@pytest.mark.parametrize("spec", ["Z12", "Z4xZ7"])
+def test_abelian_matching_score_from_power_equals_the_fourier_definition(spec):
+    G = make_group(spec)
+    torch.manual_seed(0)
+    W = torch.randn(2 * G.order, 9, dtype=torch.float64)
+    W[:, 0] = 0.0  # a dead node scores 0 both ways
+    power = irrep_power(W, real_blocks(G.table))
+    torch.testing.assert_close(abelian_matching_score(power), matching_score(W, G.table))

@@ -242,6 +242,24 @@ def matching_score(W: Tensor, table: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
+def abelian_matching_score(power: Tensor) -> Tensor:
+    """:func:`matching_score` of an abelian group, from the real block powers alone.
+
+    With d_k = 1, Σ_k |â_k||b̂_k| / (M‖a‖‖b‖) equals Σ_blocks √(p_a p_b) / (‖a‖‖b‖), where p_a,
+    p_b are a node's block powers in the two operand halves (a conjugate pair of characters is one
+    real block). This skips the complex transforms when the power is already at hand.
+
+    Args:
+        power: (K, 2, B) from :func:`irrep_power` on an abelian group's real blocks.
+
+    Returns:
+        (K,) float64 tensor; 0 for a node with a zero half.
+    """
+    pa, pb = power[:, 0, 1:], power[:, 1, 1:]  # trivial block dropped, as the means are removed
+    den = (pa.sum(1) * pb.sum(1)).sqrt()
+    return torch.where(den > 0, (pa * pb).sqrt().sum(1) / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+
+
 def inverse_alignment(W: Tensor, inverse: Tensor) -> Tensor:
     """The literal ±P check of Theorem 2: |⟨b, Pa⟩| / (‖a‖ ‖b‖) after mean removal.
 

@@ -221,21 +221,14 @@ class Snapshot:
     def covered(self, threshold: float) -> torch.Tensor:
         """(B,) blocks held by a node of purity ≥ ``threshold``, cached per threshold."""
         if threshold not in self._covered:
-            pure = self.purity >= threshold
-            cov = torch.zeros(self.power.shape[-1], dtype=torch.bool, device=self.power.device)
-            cov[self.dominant[pure]] = True  # as features.covered_blocks, reusing purity and dominant
-            self._covered[threshold] = cov
+            self._covered[threshold] = ft.covered_blocks(self.power, threshold)
         return self._covered[threshold]
 
     @functools.cached_property
     def matching(self) -> torch.Tensor:
         """(K,) matching score of the two operand halves (1 at an energy maximum)."""
         if all(d == 1 for d in self.basis.dims):
-            # abelian: features.matching_score's Σ_k |â_k||b̂_k| / (M‖a‖‖b‖) is
-            # Σ_blocks √(p_a p_b) / (‖a‖‖b‖) in the real block powers
-            pa, pb = self.power[:, 0, 1:], self.power[:, 1, 1:]
-            den = (pa.sum(1) * pb.sum(1)).sqrt()
-            return torch.where(den > 0, (pa * pb).sqrt().sum(1) / den.clamp_min(1e-300), 0.0)
+            return ft.abelian_matching_score(self.power)  # no complex transforms needed
         table = self.probe.group.table
         return ft.matching_score(self.W, table)
 
