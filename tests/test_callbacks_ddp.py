@@ -7,15 +7,13 @@ re-launch pytest); the dump callback below reaches the children through PYTHONPA
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import yaml
+
+from train_subprocess import train_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 120
@@ -63,21 +61,8 @@ def _config(tmp: Path, devices: int) -> Path:
     return tmp / "config.yaml"
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _train(config: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-               MASTER_PORT=_free_port(), WANDB_MODE="disabled")
-    return subprocess.Popen([sys.executable, "train.py", "fit", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def test_ddp_ranks_agree_and_match_one_process(tmp_path):
-    procs = [_train(_config(tmp_path / "one", 1)), _train(_config(tmp_path / "ddp", 2))]
+    procs = [train_subprocess(_config(tmp_path / "one", 1)), train_subprocess(_config(tmp_path / "ddp", 2))]
     for p in procs:
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out[-3000:]

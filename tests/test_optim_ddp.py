@@ -7,9 +7,7 @@ re-launch pytest itself (ECOSYSTEM.md). The callbacks below reach the children t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 import yaml
 
 from li2_lightning.optim import Muon
+from train_subprocess import train_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,19 +73,6 @@ def _config(tmp: Path, devices: int, kill_at: int | None = None) -> Path:
     return tmp / "config.in.yaml"
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _train(config: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-               MASTER_PORT=_free_port(), WANDB_MODE="disabled")
-    return subprocess.Popen([sys.executable, "train.py", "fit", "--config", str(config), *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=300)
     return proc.returncode, out
@@ -118,7 +104,7 @@ def _ddp_matches_single_process_and_resumes(tmp_path: Path) -> None:
     from li2_lightning.module import Li2Module
 
     full, killed = tmp_path / "ddp", tmp_path / "killed"
-    procs = [_train(_config(full, 2)), _train(_config(killed, 2, kill_at=10))]
+    procs = [train_subprocess(_config(full, 2)), train_subprocess(_config(killed, 2, kill_at=10))]
 
     # meanwhile, the single-process reference in this process
     seed_everything(1)
@@ -135,7 +121,7 @@ def _ddp_matches_single_process_and_resumes(tmp_path: Path) -> None:
     assert not (killed / "final_rank0.pt").exists()  # it really died before the end
     assert torch.load(killed / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 10
 
-    rc, out = _finish(_train(_config(killed, 2), "--ckpt_path", str(killed / "ckpt" / "last.ckpt")))
+    rc, out = _finish(train_subprocess(_config(killed, 2), "--ckpt_path", str(killed / "ckpt" / "last.ckpt")))
     assert rc == 0, out[-3000:]
 
     ranks = [_load(full, 0), _load(full, 1)]
