@@ -81,19 +81,20 @@ def read_history(path: str) -> list[dict[str, Any]]:
     return [_items(r.history.item) for r in iter_records(path) if r.WhichOneof("record_type") == "history"]
 
 
+def _merged_updates(path: str, kind: str) -> dict[str, Any]:
+    """The ``update`` items of every ``kind`` record ("config" or "summary"), later ones winning."""
+    merged: dict[str, Any] = {}
+    for r in iter_records(path):
+        if r.WhichOneof("record_type") == kind:
+            merged.update(_items(getattr(r, kind).update))
+    return merged
+
+
 def read_config(path: str) -> dict[str, Any]:
     """The run's config, later updates overriding earlier ones."""
-    config: dict[str, Any] = {}
-    for r in iter_records(path):
-        if r.WhichOneof("record_type") == "config":
-            config.update(_items(r.config.update))
-    return config
+    return _merged_updates(path, "config")
 
 
 def read_summary(path: str) -> dict[str, Any]:
     """The run's summary values set explicitly (``run.summary[...] = ...``)."""
-    summary: dict[str, Any] = {}
-    for r in iter_records(path):
-        if r.WhichOneof("record_type") == "summary":
-            summary.update(_items(r.summary.update))
-    return summary
+    return _merged_updates(path, "summary")
