@@ -28,6 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from li2_lightning.data import P_STAR_C, critical_fraction
+
 SUCCESS_ACC = 0.9
 
 
@@ -107,7 +109,7 @@ def scaling_summary(rows: list[dict], success: float = SUCCESS_ACC) -> dict:
         shares = sorted((p, sum(v) / len(v)) for p, v in fr.items())
         pb = boundary(shares)
         groups[g] = {"M": M_of[g], "shares": shares, "seeds": min(len(v) for v in fr.values()),
-                     "boundary": pb, "boundary_over_pstar": None if pb is None else pb / (2.7482 * math.log(M_of[g]) / M_of[g]),
+                     "boundary": pb, "boundary_over_pstar": None if pb is None else pb / critical_fraction(M_of[g]),
                      "c_alone": None if pb is None else pb * M_of[g] / math.log(M_of[g])}
     cyc = [(v["M"], v["boundary"]) for g, v in groups.items() if _is_cyclic(g) and v["boundary"]]
     out: dict = {"groups": groups, "success_acc": success}
@@ -158,10 +160,10 @@ def plot_scaling(rows: list[dict], summary: dict, out: Path) -> Optional[Path]:
     ax1.set_title("test accuracy against train fraction")
     Ms_all = sorted({v["M"] for v in groups.values()})
     grid = [Ms_all[0] + i * (Ms_all[-1] - Ms_all[0]) / 100 for i in range(101)]
-    ax2.plot(grid, [2.7482 * math.log(m) / m for m in grid], ":", c="gray", label="author's c = 2.7482")
+    ax2.plot(grid, [critical_fraction(m) for m in grid], ":", c="gray", label=f"author's c = {P_STAR_C}")
     if "fit" in summary:
         c = summary["fit"]["c"]
-        ax2.plot(grid, [c * math.log(m) / m for m in grid], "b-",
+        ax2.plot(grid, [critical_fraction(m, c) for m in grid], "b-",
                  label=f"fit c = {c:.2f} (R² {summary['fit']['r2']:.2f}, cyclic groups)")
     ax2.set_yscale("log")
     ax2.set_xlabel("group order M")
