@@ -3,6 +3,7 @@
 import itertools
 import json
 import re
+import time
 from collections import Counter
 
 import pytest
@@ -283,36 +284,196 @@ def test_closure_names_position(bad):
         Group.from_table(T)
 
 
+def named_triple(err):
+    m = re.search(r"\(a, b, c\) = \((\d+), (\d+), (\d+)\)", str(err.value))
+    return tuple(int(v) for v in m.groups())
+
+
+def assert_names_a_failing_triple(T, err):
+    a, b, c = named_triple(err)
+    assert T[T[a][b]][c] != T[a][T[b][c]], f"{(a, b, c)} is named but associates"
+    assert f"(a·b)·c = {T[T[a][b]][c]} but a·(b·c) = {T[a][T[b][c]]}" in str(err.value)
+
+
 def test_associativity_names_a_triple():
     T = [[(a - b) % 5 for b in range(5)] for a in range(5)]  # a Latin square, not a group
-    triple = first_assoc_failure(T)
-    a, b, c = triple
     with pytest.raises(ValueError, match="associativity fails") as err:
         Group.from_table(T)
-    msg = str(err.value)
-    assert f"(a, b, c) = {triple}" in msg
-    assert f"(a·b)·c = {T[T[a][b]][c]} but a·(b·c) = {T[a][T[b][c]]}" in msg
+    assert_names_a_failing_triple(T, err)
 
 
 def test_associativity_in_a_loop_with_identity():
     # the smallest non-associative loop: Latin, identity 0, but 1·1 = 0 so not Z5
     T = [[0, 1, 2, 3, 4], [1, 0, 3, 4, 2], [2, 4, 0, 1, 3], [3, 2, 4, 0, 1], [4, 3, 1, 2, 0]]
-    triple = first_assoc_failure(T)
-    assert triple is not None
-    with pytest.raises(ValueError, match=re.escape(f"associativity fails for (a, b, c) = {triple}")):
+    assert first_assoc_failure(T) is not None
+    with pytest.raises(ValueError, match="associativity fails") as err:
         Group.from_table(T)
+    assert_names_a_failing_triple(T, err)
 
 
 def test_associativity_chunked(monkeypatch):
     import li2_lightning.groups as groups
 
-    monkeypatch.setattr(groups, "_ASSOC_CHUNK", 1)  # one row of a per chunk
+    monkeypatch.setattr(groups, "_ASSOC_CHUNK", 1)  # one row of x per chunk
     T = make_group("S4").table.clone()
     Group.from_table(T)
     T[[5, 6]] = T[[6, 5]]  # swap two rows: still Latin, no longer a group
-    triple = first_assoc_failure(T.tolist())
-    with pytest.raises(ValueError, match=re.escape(f"(a, b, c) = {triple}")):
+    with pytest.raises(ValueError, match="associativity fails") as err:
         Group.from_table(T)
+    assert_names_a_failing_triple(T.tolist(), err)
+
+
+def random_loop(n, rng):
+    """A random Latin square with identity 0 (row and column 0 are 0..n-1), by backtracking."""
+    T = [[None] * n for _ in range(n)]
+    T[0] = list(range(n))
+    for i in range(n):
+        T[i][0] = i
+    cells = [(i, j) for i in range(1, n) for j in range(1, n)]
+
+    def fill(k):
+        if k == len(cells):
+            return True
+        i, j = cells[k]
+        used = set(T[i][:j]) | {T[r][j] for r in range(i)}
+        options = [v for v in range(n) if v not in used]
+        rng.shuffle(options)
+        for v in options:
+            T[i][j] = v
+            if fill(k + 1):
+                return True
+        T[i][j] = None
+        return False
+
+    assert fill(0)
+    return T
+
+
+def relabel(T, perm):
+    """The same operation with element a called perm[a]."""
+    n = len(T)
+    out = [[None] * n for _ in range(n)]
+    for a in range(n):
+        for b in range(n):
+            out[perm[a]][perm[b]] = perm[T[a][b]]
+    return out
+
+
+def chein_moufang_loop(G):
+    """M(G, 2) = G × {0, 1} (Chein): a Moufang loop, non-associative when G is non-abelian."""
+    n = len(G)
+    e = next(a for a in range(n) if all(G[a][x] == x for x in range(n)))
+    inv = [next(b for b in range(n) if G[a][b] == e) for a in range(n)]
+    T = [[None] * (2 * n) for _ in range(2 * n)]
+    for g in range(n):
+        for h in range(n):
+            T[g][h] = G[g][h]  # (g, 0)(h, 0) = (gh, 0)
+            T[g][n + h] = n + G[h][g]  # (g, 0)(h, 1) = (hg, 1)
+            T[n + g][h] = n + G[g][inv[h]]  # (g, 1)(h, 0) = (gh⁻¹, 1)
+            T[n + g][n + h] = G[inv[h]][g]  # (g, 1)(h, 1) = (h⁻¹g, 0)
+    return T
+
+
+def test_light_test_agrees_with_brute_force_on_random_loops_and_groups():
+    import random
+
+    rng = random.Random(0)
+    tables = [random_loop(n, rng) for n in (3, 4, 4, 5, 5, 6, 6, 7, 8, 8) for _ in range(3)]
+    for spec in ("Z12", "D6", "Q8", "A4", "Z2xZ2xZ2", "S4"):  # groups with scrambled labels
+        T = make_group(spec).table.tolist()
+        perm = list(range(len(T)))
+        rng.shuffle(perm)
+        tables.append(relabel(T, perm))
+    moufang = chein_moufang_loop(make_group("S3").table.tolist())  # order 12, the smallest
+    tables += [moufang, relabel(moufang, rng.sample(range(12), 12))]
+    outcomes = Counter()
+    for T in tables:
+        brute = first_assoc_failure(T)
+        if brute is None:
+            check_axioms(T)  # a Latin square with identity that associates is a group
+            assert Group.from_table(T).order == len(T)
+        else:
+            with pytest.raises(ValueError, match="associativity fails") as err:
+                Group.from_table(T)
+            assert_names_a_failing_triple(T, err)
+        outcomes[brute is None] += 1
+    assert outcomes[True] >= 8 and outcomes[False] >= 15  # both kinds were tried
+
+
+def test_light_test_on_random_magmas_agrees_with_brute_force():
+    import random
+
+    rng = random.Random(1)
+    for _ in range(40):
+        n = rng.randint(2, 6)
+        T = [[rng.randrange(n) for _ in range(n)] for _ in range(n)]
+        if rng.random() < 0.5:  # a left-zero band with some noise: associative-ish, no identity
+            T = [[a if rng.random() < 0.9 else rng.randrange(n) for _ in range(n)] for a in range(n)]
+        brute = first_assoc_failure(T)
+        try:
+            Group.from_table(T)
+        except ValueError as err:
+            if brute is not None:
+                assert "associativity fails" in str(err)
+                a, b, c = map(int, re.search(r"= \((\d+), (\d+), (\d+)\)", str(err)).groups())
+                assert T[T[a][b]][c] != T[a][T[b][c]]
+            else:
+                assert "associativity" not in str(err)
+        else:
+            assert brute is None
+            check_axioms(T)
+
+
+def test_large_non_associative_loop_is_caught_past_the_brute_force_size():
+    # M(D75, 2): a Moufang loop of order 300 > 256, so the generator test runs to the end
+    T = chein_moufang_loop(make_group("D75").table.tolist())
+    with pytest.raises(ValueError, match="associativity fails") as err:
+        Group.from_table(T)
+    assert_names_a_failing_triple(T, err)
+
+
+def test_large_non_group_table_without_identity_is_rejected_quickly():
+    M = 600  # a·b = a: associative, a left-zero band; needs M generators, so it stops early
+    T = torch.arange(M)[:, None].expand(M, M)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="identity missing"):
+        Group.from_table(T)
+    assert time.perf_counter() - t0 < 10
+
+
+def scrambled_cyclic_csv(path, M, seed):
+    perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))
+    idx = torch.arange(M)
+    T = torch.empty(M, M, dtype=torch.long)
+    T[perm[:, None], perm[None, :]] = perm[(idx[:, None] + idx[None, :]) % M]
+    path.write_text("\n".join(",".join(map(str, row)) for row in T.tolist()) + "\n")
+    return T
+
+
+@pytest.mark.parametrize("M", [1000, pytest.param(3000, marks=pytest.mark.slow)])
+def test_large_valid_table_file_validates_in_seconds(tmp_path, M):
+    T = scrambled_cyclic_csv(tmp_path / "big.csv", M, seed=0)
+    t0 = time.perf_counter()
+    G = Group.from_file(tmp_path / "big.csv")
+    seconds = time.perf_counter() - t0
+    assert torch.equal(G.table, T) and G.is_abelian
+    assert seconds < (10 if M <= 1000 else 40), f"{M}x{M} table took {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_table_file_past_the_order_limit_is_rejected_after_its_first_row(tmp_path, suffix):
+    from li2_lightning.groups import MAX_ORDER
+
+    M = MAX_ORDER + 1
+    row = ",".join(["0"] * M)
+    # only the first row is complete: a reader that parsed the whole file would fail differently
+    text = (row + "\n1,2\n") if suffix == "csv" else ('{"name": "big", "table": [[' + row + "], [1, 2")
+    path = tmp_path / f"big.{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"M={M} entries per row; accepted: order <= {MAX_ORDER}"):
+        Group.from_file(path)
+    with pytest.raises(ValueError, match=f"order <= {MAX_ORDER}"):
+        Group.from_table(torch.zeros(M, M, dtype=torch.long))
 
 
 def test_identity_missing():
