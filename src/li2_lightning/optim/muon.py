@@ -5,7 +5,7 @@ The section below is Markdown, written to be pasted into the README.
 ### Muon (`li2_lightning.optim.Muon`)
 
 Muon replaces a matrix update G = U D Vᵀ by U Vᵀ, computed with a few Newton-Schulz steps. Li2
-argues that this helps hidden nodes spread over distinct features (SPEC §8: an ascent direction for
+argues that this helps hidden nodes spread over distinct features (docs/theory.md §8: an ascent direction for
 the energy that damps directions the learned features have already taken). `Muon` is one
 optimizer: Muon on the parameters `muon_params` names (default `"W"`, the first layer, as in the
 author's runs), Adam or AdamW on all others (the top layer `V`). Being one optimizer, Lightning's
@@ -27,7 +27,7 @@ Muon's steps on W are tens of times smaller than Adam's, so tune the two separat
 |---|---|---|---|
 | momentum buffer | m ← 0.99 m + 0.01 g | m ← 0.95 m + 0.05 g | m ← 0.95 m + 0.05 g |
 | Newton-Schulz input | m (no Nesterov) | 0.05 g + 0.95 m (Nesterov) | 0.05 g + 0.95 m (Nesterov) |
-| coefficients | five per-step (a, b, c) (SPEC §8) | (3.4445, −4.7750, 2.0315) each step | same quintic each step |
+| coefficients | five per-step (a, b, c) (docs/theory.md §8) | (3.4445, −4.7750, 2.0315) each step | same quintic each step |
 | NS precision | float32 | float32; `ns_dtype: bfloat16` as Keller's | bfloat16 (fixed by torch) |
 | normalization | m / (‖m‖_F + 1e-7) | same | m / max(‖m‖_F, 1e-7) |
 | singular values after 5 steps | ≈ [0.89, 1.16] | ≈ [0.68, 1.20] | ≈ [0.68, 1.20] |
@@ -39,13 +39,13 @@ Muon's steps on W are tens of times smaller than Adam's, so tune the two separat
 Every entry can be overridden by its argument (`momentum`, `nesterov`, `ns_steps`, `ns_dtype`,
 `adam_decoupled`, `adam_betas`, `adam_eps`, `adam_weight_decay`).
 
-- `li2` is the author's Muon as SPEC §8 states it.
+- `li2` is the author's Muon as docs/theory.md §8 states it.
 - `keller` follows KellerJordan/Muon (`muon_update`): Nesterov-style interpolation, the fixed
   quintic tuned for slope at zero (fast but less exact), √max(1, rows/cols) so that tall matrices
   get RMS-matched steps.
-- `torch` hands the Muon matrices to `torch.optim.Muon` (torch ≥ 2.9) with this optimizer's
-  settings; note that torch's own default `weight_decay` is 0.1, here it is `weight_decay` (0.0 by
-  default). Its state lives in this optimizer's `state_dict`.
+- `torch` reproduces `torch.optim.Muon` (torch ≥ 2.9) with this optimizer's settings, bit for bit
+  on CPU (`tests/test_optim_muon.py` steps both); note that torch's own default `weight_decay` is
+  0.1, here it is `weight_decay` (0.0 by default).
 - The singular-value bands hold for singular values above 0.2% of ‖G‖_F (measured in
   `tests/test_optim_newton_schulz.py`); smaller ones are raised but may end below the band.
 
@@ -60,6 +60,7 @@ plain mode.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Iterable
@@ -69,19 +70,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from li2_lightning.optim.newton_schulz import KELLER_QUINTIC, LI2_COEFFICIENTS, newton_schulz
+# the module, not its names: li2_lightning.functional.updates imports this package's kernel
+import li2_lightning.functional.updates as updates
+from li2_lightning.optim.newton_schulz import LI2_COEFFICIENTS
 
 __all__ = ["Muon"]
 
 PRESETS = ("li2", "keller", "torch")
-_NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_NS_EPS = 1e-7
 
 
 def _dtype_name(ns_dtype: str | torch.dtype | None, preset: str) -> str:
     """Validate ``ns_dtype`` and return it as a name (``"float32"`` or ``"bfloat16"``)."""
     if isinstance(ns_dtype, torch.dtype):
-        ns_dtype = {v: k for k, v in _NS_DTYPES.items()}.get(ns_dtype, str(ns_dtype))
+        ns_dtype = {v: k for k, v in updates.NS_DTYPES.items()}.get(ns_dtype, str(ns_dtype))
     if preset == "torch":
         if ns_dtype not in (None, "bfloat16"):
             raise ValueError(
@@ -91,8 +92,8 @@ def _dtype_name(ns_dtype: str | torch.dtype | None, preset: str) -> str:
         return "bfloat16"
     if ns_dtype is None:
         return "float32"
-    if ns_dtype not in _NS_DTYPES:
-        raise ValueError(f"`ns_dtype`={ns_dtype!r} is not supported; accepted: {sorted(_NS_DTYPES)}.")
+    if ns_dtype not in updates.NS_DTYPES:
+        raise ValueError(f"`ns_dtype`={ns_dtype!r} is not supported; accepted: {sorted(updates.NS_DTYPES)}.")
     return ns_dtype
 
 
@@ -117,7 +118,7 @@ class Muon(torch.optim.Optimizer):
         muon_params: fnmatch pattern, or list of patterns, for the parameters Muon updates, matched
             against the full name (``net.W``) and its last dotted component (``W``). Every pattern
             must match at least one parameter, and everything matched must be 2-D.
-        preset: ``"li2"`` (SPEC §8, the author's runs), ``"keller"`` (KellerJordan/Muon) or
+        preset: ``"li2"`` (docs/theory.md §8, the author's runs), ``"keller"`` (KellerJordan/Muon) or
             ``"torch"`` (``torch.optim.Muon``).
         weight_decay: decoupled decay of the Muon matrices, W ← W(1 − lr·wd) before the update.
         momentum: EMA factor β of the momentum buffer m ← βm + (1 − β)g; default 0.99 for ``li2``,
@@ -190,27 +191,17 @@ class Muon(torch.optim.Optimizer):
 
         self.preset = preset
         self.distributed = bool(distributed)
-        if preset == "torch":
-            # torch.optim.Muon's own group keys, so that its step() reads these groups directly
-            self._muon_defaults: dict[str, Any] = dict(
-                lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                ns_coefficients=KELLER_QUINTIC, eps=_NS_EPS, ns_steps=ns_steps, adjust_lr_fn=None,
-            )
-        else:
-            schedule = LI2_COEFFICIENTS[:ns_steps] if li2 else (KELLER_QUINTIC,) * ns_steps
-            self._muon_defaults = dict(
-                lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                ns_coefficients=schedule, ns_steps=ns_steps, ns_dtype=dtype_name, ns_eps=_NS_EPS,
-                shape_scaling=not li2,
-            )
+        base = updates.MUON_PRESETS[preset]
+        self._muon_defaults: dict[str, Any] = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+            ns_coefficients=base.coefficients[:ns_steps], ns_steps=ns_steps, ns_dtype=dtype_name,
+            ns_eps=base.ns_eps, arithmetic=base.arithmetic, shape_scaling=base.shape_scaling,
+        )
         self._adam_defaults: dict[str, Any] = dict(
             lr=adam_lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=adam_weight_decay,
             decoupled_weight_decay=adam_decoupled,
         )
         super().__init__(_split(params, muon_params), defaults={"use_muon": False})
-        self._torch_muon: torch.optim.Optimizer | None = None
-        if preset == "torch":
-            self._torch_muon = self._make_torch_muon()
 
     # ---------------------------------------------------------------- groups and pickling
 
@@ -233,20 +224,6 @@ class Muon(torch.optim.Optimizer):
                      _muon_defaults=self._muon_defaults, _adam_defaults=self._adam_defaults)
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._torch_muon = self._make_torch_muon() if self.preset == "torch" else None
-
-    def _make_torch_muon(self) -> torch.optim.Optimizer | None:
-        params = [p for g in self.param_groups if g["use_muon"] for p in g["params"]]
-        if not params:
-            return None
-        d = self._muon_defaults
-        return torch.optim.Muon(
-            params, lr=d["lr"], weight_decay=d["weight_decay"], momentum=d["momentum"], nesterov=d["nesterov"],
-            ns_coefficients=d["ns_coefficients"], eps=d["eps"], ns_steps=d["ns_steps"],
-            adjust_lr_fn=d["adjust_lr_fn"],
-        )
 
     # ---------------------------------------------------------------- the step
 
@@ -264,49 +241,43 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        muon_groups = [g for g in self.param_groups if g["use_muon"]]
-        if self.preset == "torch":
-            self._torch_step(muon_groups)
-        else:
-            self._muon_step(muon_groups)
+        self._muon_step([g for g in self.param_groups if g["use_muon"]])
         for group in self.param_groups:
-            if not group["use_muon"]:
-                _adam_step(group, self.state)
+            if group["use_muon"]:
+                continue
+            for p in group["params"]:
+                if p.grad is not None:
+                    updates.adam_(p, p.grad, self.state[p], lr=group["lr"], weight_decay=group["weight_decay"],
+                                  betas=group["betas"], eps=group["eps"],
+                                  decoupled=group["decoupled_weight_decay"])
         return loss
 
-    def _torch_step(self, groups: list[dict[str, Any]]) -> None:
-        """Delegate to torch.optim.Muon, pointed at this optimizer's groups and state."""
-        if self._torch_muon is None or not groups:
-            return
-        # re-linked every step: load_state_dict replaces both containers, schedulers edit the groups
-        self._torch_muon.param_groups = groups
-        self._torch_muon.state = self.state
-        self._torch_muon.step()
+    def _preset(self, group: dict[str, Any]) -> updates.MuonPreset:
+        """The group's Newton-Schulz and scaling settings (keys absent from older checkpoints: the preset's)."""
+        base = updates.MUON_PRESETS[self.preset]
+        return dataclasses.replace(
+            base, coefficients=group.get("ns_coefficients", base.coefficients),
+            ns_dtype=group.get("ns_dtype", base.ns_dtype), ns_eps=group.get("ns_eps", base.ns_eps),
+            arithmetic=group.get("arithmetic", base.arithmetic),
+            shape_scaling=group.get("shape_scaling", base.shape_scaling))
 
     def _muon_step(self, groups: list[dict[str, Any]]) -> None:
         work: list[tuple[dict[str, Any], Tensor, Tensor]] = []  # (group, p, Newton-Schulz input)
         for group in groups:
-            beta = group["momentum"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - beta)  # m ← βm + (1 − β)g
-                work.append((group, p, p.grad.lerp(buf, beta) if group["nesterov"] else buf))
+                if p.grad is not None:
+                    G = updates.muon_direction_(p.grad, self.state[p], momentum=group["momentum"],
+                                                nesterov=group["nesterov"])
+                    work.append((group, p, G))
         for (group, p, _), O in zip(work, self._orthogonalize(work)):
-            scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1))) if group["shape_scaling"] else 1.0
-            p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay, before the update
-            p.add_(O, alpha=-group["lr"] * scale)
+            updates.muon_apply_(p, O, lr=group["lr"], weight_decay=group["weight_decay"],
+                                shape_scaling=self._preset(group).shape_scaling)
 
     def _orthogonalize(self, work: list[tuple[dict[str, Any], Tensor, Tensor]]) -> list[Tensor]:
         """Newton-Schulz of every work item; sharded round-robin over ranks when ``distributed``."""
 
         def ns(group: dict[str, Any], M: Tensor) -> Tensor:
-            return newton_schulz(M, group["ns_coefficients"], group["ns_steps"],
-                                 dtype=_NS_DTYPES[group["ns_dtype"]], eps=group["ns_eps"])
+            return updates.muon_orthogonalize(M, self._preset(group), group["ns_steps"])
 
         sharded = (self.distributed and dist.is_available() and dist.is_initialized()
                    and dist.get_world_size() > 1)
@@ -333,32 +304,6 @@ class Muon(torch.optim.Optimizer):
             for i, view in zip(idx, views):
                 out[i] = view
         return out  # type: ignore[return-value]
-
-
-def _adam_step(group: dict[str, Any], state: dict[Tensor, dict[str, Any]]) -> None:
-    """Adam (coupled L2) or AdamW on one group; the arithmetic of torch.optim.Adam's single-tensor path."""
-    beta1, beta2 = group["betas"]
-    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-    for p in group["params"]:
-        if p.grad is None:
-            continue
-        grad = p.grad
-        s = state[p]
-        if not s:
-            s["step"] = torch.tensor(0.0)
-            s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        s["step"] += 1
-        step = s["step"].item()
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(p, alpha=wd)
-        s["exp_avg"].lerp_(grad, 1 - beta1)
-        s["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (s["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-        p.addcdiv_(s["exp_avg"], denom, value=-lr / (1 - beta1**step))
 
 
 def _named(params: Any, prefix: str) -> list[tuple[str, Tensor]]:

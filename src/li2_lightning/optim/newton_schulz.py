@@ -1,4 +1,4 @@
-"""Newton-Schulz orthogonalization: the pure kernel behind Muon (SPEC §8).
+"""Newton-Schulz orthogonalization: the pure kernel behind Muon (docs/theory.md §8).
 
 Muon replaces an update G = U D Vᵀ by (approximately) U Vᵀ. Newton-Schulz gets there with matrix
 products only: after scaling G so that every singular value is at most 1, each step applies an odd
@@ -13,7 +13,7 @@ Named schedules (one (a, b, c) triple per step), with the band where five steps 
 singular value σ ≥ 2e-3·‖G‖_F (brute force over the scalar map, float64; float32 matrices match
 it to 1e-7, bfloat16 ones to ~0.02; see ``tests/test_optim_newton_schulz.py``):
 
-- ``LI2_COEFFICIENTS``: the five per-step triples of the Li2 author's runs (SPEC §8):
+- ``LI2_COEFFICIENTS``: the five per-step triples of the Li2 author's runs (docs/theory.md §8):
   [0.895, 1.157]. Slope at zero ∏a ≈ 589.
 - ``KELLER_COEFFICIENTS``: Keller Jordan's quintic (3.4445, −4.7750, 2.0315) at every step:
   [0.682, 1.202] ([0.682, 1.134] for σ ≥ 1e-2·‖G‖_F): one fixed triple tuned for a steep slope
@@ -35,7 +35,7 @@ __all__ = ["KELLER_COEFFICIENTS", "KELLER_QUINTIC", "LI2_COEFFICIENTS", "COEFFIC
 
 Triple = tuple[float, float, float]
 
-#: Per-step (a, b, c) of the Li2 author's Muon (SPEC §8), five steps.
+#: Per-step (a, b, c) of the Li2 author's Muon (docs/theory.md §8), five steps.
 LI2_COEFFICIENTS: tuple[Triple, ...] = (
     (4.01, -9.22, 5.80),
     (3.49, -6.38, 3.23),
@@ -79,11 +79,15 @@ def newton_schulz(
     steps: int,
     dtype: torch.dtype = torch.float32,
     eps: float = 1e-7,
+    arithmetic: str = "keller",
 ) -> Tensor:
     """Approximate the orthogonal factor U Vᵀ of G = U D Vᵀ by ``steps`` Newton-Schulz steps.
 
     X₀ = G / (‖G‖_F + eps), transposed when tall so that A = XXᵀ is the smaller Gram matrix; then
-    X ← aX + (bA + cA²)X with the step's (a, b, c). Singular vectors are kept exactly (up to
+    X ← aX + (bA + cA²)X with the step's (a, b, c). ``arithmetic`` picks how that is rounded:
+    ``"keller"`` as KellerJordan/Muon writes it (B = bA + (cA)A, X = aX + BX), ``"torch"`` as
+    torch.optim.Muon does (X₀ = G / max(‖G‖_F, eps), each step two fused ``addmm``, batched as
+    ``baddbmm``), so that a 2-D G in bfloat16 reproduces torch's kernel bit for bit. Singular vectors are kept exactly (up to
     rounding); singular values σ ↦ p_k(…p_1(σ/‖G‖_F)) land in the schedule's band (module docstring).
 
     Args:
@@ -93,26 +97,44 @@ def newton_schulz(
             ``steps`` triples (``LI2_COEFFICIENTS``, ``KELLER_COEFFICIENTS``).
         steps: number of Newton-Schulz steps.
         dtype: precision of the iteration, ``torch.float32`` or ``torch.bfloat16``.
-        eps: added to the Frobenius norm so that G = 0 maps to 0.
+        eps: added to the Frobenius norm (``"keller"``) or its floor (``"torch"``), so that G = 0
+            maps to 0.
+        arithmetic: ``"keller"`` or ``"torch"``, see above.
 
     Returns:
         (..., m, n) tensor in G's dtype.
 
     Raises:
-        ValueError: G has fewer than 2 dims, or the schedule is malformed or shorter than ``steps``.
+        ValueError: G has fewer than 2 dims, the schedule is malformed or shorter than ``steps``, or
+            ``arithmetic`` is unknown.
     """
     if G.ndim < 2:
         raise ValueError(f"`G` must have shape (..., m, n), got shape {tuple(G.shape)}.")
+    if arithmetic not in ("keller", "torch"):
+        raise ValueError(f"`arithmetic`={arithmetic!r} is not supported; accepted: 'keller', 'torch'.")
     schedule = _schedule(coefficients, steps)
     tall = G.size(-2) > G.size(-1)
     X = G.to(dtype)
     if tall:
         X = X.mT  # (..., n, m): keeps A = XXᵀ at min(m, n)²
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # ‖X‖₂ ≤ ‖X‖_F ≤ 1
+    norm = X.norm(dim=(-2, -1), keepdim=True)
+    if arithmetic == "keller":
+        X = X / (norm + eps)  # ‖X‖₂ ≤ ‖X‖_F ≤ 1
+        for a, b, c in schedule:
+            A = X @ X.mT  # (..., r, r), r = min(m, n)
+            B = b * A + c * A @ A  # (cA)A
+            X = a * X + B @ X
+        return (X.mT if tall else X).to(G.dtype)
+    X = X / norm.clamp(min=eps)
+    batch = X.shape[:-2]
+    if X.ndim > 3:
+        X = X.reshape(-1, *X.shape[-2:])
+    mm = torch.addmm if X.ndim == 2 else torch.baddbmm
     for a, b, c in schedule:
         A = X @ X.mT  # (..., r, r), r = min(m, n)
-        B = b * A + c * A @ A  # as KellerJordan/Muon writes it: (cA)A
-        X = a * X + B @ X
+        B = mm(A, A, A, beta=b, alpha=c)  # bA + cA²
+        X = mm(X, B, X, beta=a)  # aX + BX
+    X = X.reshape(*batch, *X.shape[-2:])
     if tall:
         X = X.mT
     return X.to(G.dtype)

@@ -1,0 +1,153 @@
+"""The two-layer net's math as pure functions: Ŷ = β σ(XW) V (docs/theory.md §1, §2).
+
+Shapes: group order M, hidden width K, n rows. One net has W (2M, K), V (K, M) and index pairs
+x (n, 2) holding (h1, h2); S nets at once (a population) have W (S, 2M, K), V (S, K, M) and
+x (S, n, 2), and every result gains the same leading S. X, the one-hot of h1 beside the one-hot
+of h2, is never built: XW is the gather W[h1] + W[M + h2].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch.nn import functional as nnf
+
+Elementwise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise σ with its derivative σ' and degree p of homogeneity.
+
+    ``degree`` is p with σ(cz) = c^p σ(z) for c > 0, or None when σ is not homogeneous.
+    """
+
+    sigma: Elementwise
+    sigma_prime: Elementwise
+    degree: Optional[int]
+
+
+def _silu_prime(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+#: The activations by name; ``sqr`` (z²) is the theory's choice.
+ACTIVATIONS: dict[str, Activation] = {
+    "sqr": Activation(lambda z: z * z, lambda z: 2 * z, 2),
+    "relu": Activation(torch.relu, lambda z: (z > 0).to(z.dtype), 1),
+    "silu": Activation(nnf.silu, _silu_prime, None),
+    "relusqr": Activation(lambda z: torch.relu(z).square(), lambda z: 2 * torch.relu(z), 2),
+}
+
+#: The training losses: class-centred squared error and cross-entropy.
+LOSSES = ("mse", "ce")
+
+
+def check_activation(name: str) -> Activation:
+    """The activation called ``name``.
+
+    Raises:
+        ValueError: if ``name`` is not one of ``ACTIVATIONS``.
+    """
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r} is not supported; accepted: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def check_loss(name: str) -> None:
+    """Raise ValueError unless ``name`` is one of ``LOSSES``."""
+    if name not in LOSSES:
+        raise ValueError(f"loss={name!r} is not supported; accepted: {list(LOSSES)}")
+
+
+def check_M_K(M: int, K: int) -> None:
+    """Validate the group order M and hidden width K (user input)."""
+    if not isinstance(M, int) or M < 2:
+        raise ValueError(f"M={M!r} is not a valid group order; accepted: an integer >= 2")
+    if not isinstance(K, int) or K < 1:
+        raise ValueError(f"K={K!r} is not a valid hidden width; accepted: an integer >= 1")
+
+
+def sigma(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """σ(z) elementwise."""
+    return check_activation(activation).sigma(z)
+
+
+def sigma_prime(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """σ'(z) elementwise, the derivative of :func:`sigma`."""
+    return check_activation(activation).sigma_prime(z)
+
+
+def preactivation(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """XW as the gather W[h1] + W[M + h2] (docs/theory.md §1).
+
+    Args:
+        W: (2M, K) or (S, 2M, K).
+        x: (n, 2) index pairs, or (S, n, 2) with W (S, 2M, K) (member s's rows index W[s]).
+
+    Returns:
+        (n, K) or (S, n, K).
+    """
+    M2, K = W.shape[-2:]
+    M = M2 // 2
+    if W.dim() == 2:
+        # index_select's backward is an index_add, cheaper than advanced indexing's index_put
+        return W.index_select(0, x[:, 0]) + W.index_select(0, x[:, 1] + M)
+    S, n = x.shape[:2]
+    # rows of W flattened to (S·2M, K): member s's pair (h1, h2) picks rows s·2M + h1, s·2M + M + h2
+    shift = torch.tensor([0, M], device=x.device) + (torch.arange(S, device=x.device) * M2)[:, None, None]
+    # one fused gather-and-add: measured ~8% faster than two index_selects for a population
+    Z = nnf.embedding_bag((x + shift).reshape(-1, 2), W.reshape(-1, K), mode="sum")  # (S·n, K)
+    return Z.view(S, n, K)
+
+
+def hidden(W: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """F = σ(XW): (n, K) or (S, n, K), see :func:`preactivation`."""
+    return sigma(preactivation(W, x), activation)
+
+
+def readout(F: torch.Tensor, V: torch.Tensor, output_scale: float = 1.0) -> torch.Tensor:
+    """Ŷ = β F V: F (n, K) and V (K, M), or F (S, n, K) and V (S, K, M), to (n, M) or (S, n, M)."""
+    out = F @ V
+    return out if output_scale == 1.0 else out * output_scale
+
+
+def forward(W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, activation: str,
+            output_scale: float = 1.0) -> torch.Tensor:
+    """Outputs Ŷ = β σ(XW) V: (n, M) or (S, n, M)."""
+    return readout(hidden(W, x, activation), V, output_scale)
+
+
+def loss_rows(name: str, out: torch.Tensor, y: torch.Tensor,
+              Y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss ``name`` of each row (docs/theory.md §2), so that padded rows can be masked.
+
+    - ``"mse"``: ‖(o_i − mean(o_i)) − (e_{y_i} − 1/M)‖², the author's class-centred squared error.
+    - ``"ce"``: −log softmax(o_i)_{y_i}.
+
+    Args:
+        name: ``"mse"`` or ``"ce"``.
+        out: (..., M) outputs.
+        y: (...) class indices.
+        Y: optional one-hot of y (..., M) in out's dtype, to skip building it (``"mse"`` only).
+
+    Returns:
+        (...) per-row losses.
+    """
+    check_loss(name)
+    M = out.shape[-1]
+    if name == "ce":
+        return nnf.cross_entropy(out.reshape(-1, M), y.reshape(-1), reduction="none").view(y.shape)
+    resid = out - out.mean(dim=-1, keepdim=True) + 1.0 / M  # (..., M)
+    resid = resid - (nnf.one_hot(y, M).to(out.dtype) if Y is None else Y)
+    return resid.square().sum(-1)
+
+
+def loss_sum(name: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss ``name`` summed over all rows (callers divide by the batch's global size)."""
+    if name == "ce":
+        return nnf.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum")
+    return loss_rows(name, out, y).sum()
