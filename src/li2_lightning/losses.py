@@ -1,17 +1,15 @@
-"""Training losses of SPEC §2, summed over rows (callers divide by the batch's global size)."""
+"""Training losses (docs/theory.md §2), summed over rows (callers divide by the batch's global size).
+
+Re-exported from :mod:`li2_lightning.functional.model`, where the per-row losses live.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as nnf
 
-LOSSES = ("mse", "ce")
+from li2_lightning.functional.model import LOSSES, check_loss, loss_rows, loss_sum
 
-
-def check_loss(name: str) -> None:
-    """Raise ValueError unless ``name`` is an accepted loss."""
-    if name not in LOSSES:
-        raise ValueError(f"loss={name!r} is not supported; accepted: {list(LOSSES)}")
+__all__ = ["LOSSES", "centred_mse_sum", "check_loss", "loss_rows", "loss_sum"]
 
 
 def centred_mse_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -21,14 +19,4 @@ def centred_mse_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out: (n, M) outputs.
         y: (n,) class indices.
     """
-    M = out.shape[1]
-    resid = out - out.mean(dim=1, keepdim=True) + 1.0 / M  # (n, M)
-    resid = resid - nnf.one_hot(y, M).to(out.dtype)
-    return resid.square().sum()
-
-
-def loss_sum(name: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The loss ``name`` summed over the rows of ``out`` (n, M) with targets ``y`` (n,)."""
-    if name == "mse":
-        return centred_mse_sum(out, y)
-    return nnf.cross_entropy(out, y, reduction="sum")
+    return loss_sum("mse", out, y)

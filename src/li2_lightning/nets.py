@@ -1,4 +1,7 @@
-"""The paper's two-layer network: Ŷ = β σ(XW) V, no biases (SPEC §1)."""
+"""The paper's two-layer network: Ŷ = β σ(XW) V, no biases (docs/theory.md §1).
+
+The math lives in :mod:`li2_lightning.functional.model`; this module holds the parameters.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sqr": lambda z: z * z,  # the theory's choice
-    "relu": torch.relu,
-    "silu": nn.functional.silu,
-    "relusqr": lambda z: torch.relu(z).square(),
-}
+from li2_lightning.functional import model as fm
+from li2_lightning.functional.model import check_M_K
+
+__all__ = ["ACTIVATIONS", "TwoLayerNet", "activation_fn", "check_M_K"]
+
+#: σ by name (the functional registry's, without derivatives).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {k: a.sigma for k, a in fm.ACTIVATIONS.items()}
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -22,24 +26,14 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     Raises:
         ValueError: if ``name`` is not one of ``ACTIVATIONS``.
     """
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation={name!r} is not supported; accepted: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-def check_M_K(M: int, K: int) -> None:
-    """Validate the group order M and hidden width K (user input)."""
-    if not isinstance(M, int) or M < 2:
-        raise ValueError(f"M={M!r} is not a valid group order; accepted: an integer >= 2")
-    if not isinstance(K, int) or K < 1:
-        raise ValueError(f"K={K!r} is not a valid hidden width; accepted: an integer >= 1")
+    return fm.check_activation(name).sigma
 
 
 class TwoLayerNet(nn.Module):
     """Two-layer network on pairs of group elements.
 
     The input X (n × 2M) is the one-hot of h1 next to the one-hot of h2, so XW is two row gathers
-    of W added (SPEC §1); :meth:`hidden` takes the index pairs directly and never builds X.
+    of W added (docs/theory.md §1); :meth:`hidden` takes the index pairs directly and never builds X.
 
     Args:
         M: group order (input is 2M wide, output M wide).
@@ -74,18 +68,15 @@ class TwoLayerNet(nn.Module):
 
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """XW for index pairs x (n, 2) -> (n, K), as W[h1] + W[M + h2]."""
-        W = self.W
-        # index_select's backward is an index_add, cheaper than advanced indexing's index_put
-        return W.index_select(0, x[:, 0]) + W.index_select(0, x[:, 1] + self.M)
+        return fm.preactivation(self.W, x)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """F = σ(XW) for index pairs x (n, 2) -> (n, K)."""
-        return self.sigma(self.preactivation(x))
+        return self.sigma(fm.preactivation(self.W, x))
 
     def readout(self, F: torch.Tensor) -> torch.Tensor:
         """Ŷ = β F V for hidden activations F (n, K) -> (n, M)."""
-        out = F @ self.V
-        return out if self.output_scale == 1.0 else out * self.output_scale
+        return fm.readout(F, self.V, self.output_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, M) for index pairs x (n, 2)."""

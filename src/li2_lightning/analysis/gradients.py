@@ -1,4 +1,4 @@
-"""The backpropagated gradient G_F and the stage observables of SPEC §3, §5 and §6.
+"""The backpropagated gradient G_F and the stage observables of docs/theory.md §3, §5 and §6.
 
 Shapes: n training rows, group order M, hidden width K. ``x`` (n, 2) holds index pairs (h1, h2),
 ``y`` (n,) the targets h1·h2, ``W`` (2M, K) the first layer, ``V`` (K, M) the top layer,
@@ -10,60 +10,24 @@ computed in float64, because η can be many orders of magnitude below the spectr
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch.nn import functional as nnf
 
-LOSSES = ("mse", "ce", "theory")
+from li2_lightning.functional import model as fm
+from li2_lightning.functional.model import hidden, preactivation, sigma, sigma_prime
 
-# elementwise σ, σ' and the degree p of homogeneity σ(cz) = c^p σ(z) for c > 0 (None: not homogeneous)
-_SIGMA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sqr": lambda z: z * z,
-    "relu": torch.relu,
-    "silu": nnf.silu,
-    "relusqr": lambda z: torch.relu(z).square(),
-}
-_SIGMA_PRIME: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sqr": lambda z: 2 * z,
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "silu": lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))),
-    "relusqr": lambda z: 2 * torch.relu(z),
-}
-HOMOGENEITY: dict[str, Optional[int]] = {"sqr": 2, "relu": 1, "silu": None, "relusqr": 2}
+#: The losses of :func:`loss_value`: the training losses and the theory's J.
+LOSSES = fm.LOSSES + ("theory",)
 
-
-def _check_activation(activation: str) -> None:
-    if activation not in _SIGMA:
-        raise ValueError(f"activation={activation!r} is not supported; accepted: {sorted(_SIGMA)}")
+#: The degree p of homogeneity σ(cz) = c^p σ(z) for c > 0 (None: not homogeneous).
+HOMOGENEITY: dict[str, Optional[int]] = {k: a.degree for k, a in fm.ACTIVATIONS.items()}
 
 
 def _check_loss(loss: str) -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not supported; accepted: {list(LOSSES)}")
-
-
-def sigma(z: torch.Tensor, activation: str) -> torch.Tensor:
-    """σ(z) elementwise for ``activation`` in ``sqr``, ``relu``, ``silu``, ``relusqr``."""
-    _check_activation(activation)
-    return _SIGMA[activation](z)
-
-
-def sigma_prime(z: torch.Tensor, activation: str) -> torch.Tensor:
-    """σ'(z) elementwise (the derivative of :func:`sigma`)."""
-    _check_activation(activation)
-    return _SIGMA_PRIME[activation](z)
-
-
-def preactivation(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """XW (n, K) from index pairs x (n, 2) and W (2M, K), as the gather W[h1] + W[M + h2] (SPEC §1)."""
-    M = W.shape[0] // 2
-    return W.index_select(0, x[:, 0]) + W.index_select(0, x[:, 1] + M)
-
-
-def hidden(W: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Hidden activations F = σ(XW) (n, K) from index pairs x (n, 2) and W (2M, K)."""
-    return sigma(preactivation(W, x), activation)
 
 
 def one_hot(y: torch.Tensor, M: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -78,7 +42,7 @@ def centre(A: torch.Tensor) -> torch.Tensor:
 
 def loss_value(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = "mse",
                output_scale: float = 1.0) -> torch.Tensor:
-    """The training loss of outputs O = β F V (SPEC §2) as a scalar.
+    """The training loss of outputs O = β F V (docs/theory.md §2) as a scalar.
 
     - ``"mse"``: L = (1/n) Σ_i ‖(o_i − mean(o_i)) − (e_{y_i} − 1/M)‖², the class-centred squared
       error of the author's code (mean over samples, sum over classes).
@@ -89,20 +53,16 @@ def loss_value(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = "m
         F: (n, K) hidden activations. V: (K, M). y: (n,) targets. output_scale: β.
     """
     _check_loss(loss)
-    O = output_scale * (F @ V)  # (n, M)
-    M = V.shape[1]
-    Y = one_hot(y, M, O.dtype)
-    if loss == "mse":
-        R = (O - O.mean(dim=1, keepdim=True)) - (Y - 1.0 / M)
-        return R.square().sum() / O.shape[0]
-    if loss == "ce":
-        return nnf.cross_entropy(O, y)
-    return 0.5 * centre(Y - O).square().sum()
+    O = fm.readout(F, V, output_scale)  # (n, M)
+    Y = one_hot(y, V.shape[1], O.dtype)
+    if loss == "theory":
+        return 0.5 * centre(Y - O).square().sum()
+    return fm.loss_rows(loss, O, y, Y).mean()
 
 
 def G_F_autograd(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = "mse",
                  output_scale: float = 1.0) -> torch.Tensor:
-    """G_F = −∂L/∂F (n, K) by autograd, for the loss of :func:`loss_value` (SPEC §3).
+    """G_F = −∂L/∂F (n, K) by autograd, for the loss of :func:`loss_value` (docs/theory.md §3).
 
     The reference definition; :func:`G_F_closed_form` gives the same without a graph.
     """
@@ -144,7 +104,7 @@ def G_F_theory(F: torch.Tensor, V: torch.Tensor, Y: torch.Tensor) -> torch.Tenso
 
 
 def eta_eff(n: int, weight_decay: float, loss: str = "mse") -> Optional[float]:
-    """The theory's ridge η implied by the training loss and coupled L2 weight decay (SPEC §2).
+    """The theory's ridge η implied by the training loss and coupled L2 weight decay (docs/theory.md §2).
 
     For the class-centred MSE (a mean over n samples) with coupled L2 decay ``weight_decay`` on V
     (torch Adam's ``weight_decay``), the top layer's fixed point for frozen F is
@@ -184,7 +144,7 @@ def ridge_cholesky(gram: torch.Tensor, eta: float) -> torch.Tensor:
 
 
 def ridge_inverse(F: torch.Tensor, eta: float, gram: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """B = (F̃ᵀF̃ + ηI)⁻¹ (K, K) in float64 (SPEC §3, Theorem 6).
+    """B = (F̃ᵀF̃ + ηI)⁻¹ (K, K) in float64 (docs/theory.md §3, Theorem 6).
 
     Args:
         F: (n, K). eta: η ≥ 0 (with η = 0 a pseudo-inverse when F̃ is rank deficient).
@@ -199,7 +159,7 @@ def ridge_inverse(F: torch.Tensor, eta: float, gram: Optional[torch.Tensor] = No
 
 
 def V_ridge(F: torch.Tensor, Y: torch.Tensor, eta: float) -> torch.Tensor:
-    """V_ridge = (F̃ᵀF̃ + ηI)⁻¹ F̃ᵀỸ (K, M), float64: the top layer's limit for frozen F (SPEC §3).
+    """V_ridge = (F̃ᵀF̃ + ηI)⁻¹ F̃ᵀỸ (K, M), float64: the top layer's limit for frozen F (docs/theory.md §3).
 
     The minimiser over V of J + η‖V‖²/2 with J = ½‖P⊥(Y − FV)‖²_F.
 
@@ -215,7 +175,7 @@ def V_fixed_point(F: torch.Tensor, y: torch.Tensor, M: int, eta: float, loss: st
                   chol: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The top layer's fixed point (K, M), float64, for frozen F under the actual training loss.
 
-    - ``"mse"`` with η = n·wd/2 (SPEC §2): V* = β (β² FᵀF + ηI)⁻¹ Fᵀ(Y − 1/M) (F not centred:
+    - ``"mse"`` with η = n·wd/2 (docs/theory.md §2): V* = β (β² FᵀF + ηI)⁻¹ Fᵀ(Y − 1/M) (F not centred:
       the class-centred MSE centres over classes, not samples).
     - ``"theory"``: V_ridge of :func:`V_ridge` (β = 1).
     - ``"ce"``: None (no closed form).
@@ -277,7 +237,7 @@ def class_sums(A: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
 
 
 def label_signal(F: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
-    """ỸỸᵀF̃ (n, K): the label-carrying direction of G_F in Stages I-II (SPEC §3, Theorem 1)."""
+    """ỸỸᵀF̃ (n, K): the label-carrying direction of G_F in Stages I-II (docs/theory.md §3, Theorem 1)."""
     S = class_sums(centre(F), y, M)  # ỸᵀF̃ = YᵀF̃, (M, K)
     return centre(S.index_select(0, y))
 
@@ -296,7 +256,7 @@ def class_profile(A: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
 def alignment(G_F: torch.Tensor, F: torch.Tensor, y: torch.Tensor, M: int,
               S: Optional[torch.Tensor] = None, SG: Optional[torch.Tensor] = None,
               G_norm: Optional[float] = None) -> float:
-    """a_G = ⟨G_F, ỸỸᵀF̃⟩ / (‖G_F‖ ‖ỸỸᵀF̃‖) (SPEC §6.1), without forming ỸỸᵀF̃.
+    """a_G = ⟨G_F, ỸỸᵀF̃⟩ / (‖G_F‖ ‖ỸỸᵀF̃‖) (docs/theory.md §6.1), without forming ỸỸᵀF̃.
 
     With S = ỸᵀF̃ (M, K) and counts n_c: ⟨G_F, ỸỸᵀF̃⟩ = ⟨ỸᵀG_F, S⟩ and
     ‖ỸỸᵀF̃‖² = Σ_c n_c‖S_c‖² − ‖Σ_c n_c S_c‖²/n, so the cost is three passes over (n, K)
@@ -325,7 +285,7 @@ def cosine(A: torch.Tensor, B: torch.Tensor) -> float:
 
 
 def relative_change(A: torch.Tensor, B: torch.Tensor) -> float:
-    """‖A − B‖ / ‖B‖ (Frobenius): e.g. r_V = ‖V − V_ridge‖/‖V_ridge‖ (SPEC §6.2-3).
+    """‖A − B‖ / ‖B‖ (Frobenius): e.g. r_V = ‖V − V_ridge‖/‖V_ridge‖ (docs/theory.md §6.2-3).
 
     The difference is taken in the common dtype (exact for close float32 values, Sterbenz), the
     ratio in float64; inf when B = 0.
@@ -336,7 +296,7 @@ def relative_change(A: torch.Tensor, B: torch.Tensor) -> float:
 
 
 def independence_ratio(F: torch.Tensor, nodes: Optional[torch.Tensor] = None) -> float:
-    """mean|offdiag(F̃ᵀF̃)| / mean|diag(F̃ᵀF̃)| (SPEC §6.4; the paper reports ≤ 8% in Stage II).
+    """mean|offdiag(F̃ᵀF̃)| / mean|diag(F̃ᵀF̃)| (docs/theory.md §6.4; the paper reports ≤ 8% in Stage II).
 
     Args:
         F: (n, K) hidden activations.
@@ -354,7 +314,7 @@ def independence_ratio(F: torch.Tensor, nodes: Optional[torch.Tensor] = None) ->
 
 
 def gram_isotropy_distance(F: torch.Tensor, rows: Optional[torch.Tensor] = None) -> float:
-    """‖FFᵀ − (aI + b11ᵀ)‖_F / ‖FFᵀ‖_F for the least-squares best a, b (SPEC §6.4, Lemma 1).
+    """‖FFᵀ − (aI + b11ᵀ)‖_F / ‖FFᵀ‖_F for the least-squares best a, b (docs/theory.md §6.4, Lemma 1).
 
     The best fit has b = mean of the off-diagonal entries and a + b = mean of the diagonal. 0 means
     FFᵀ is exactly of the form Lemma 1 assumes. ``rows`` restricts to a subset of samples (the
@@ -420,7 +380,7 @@ def repulsion(F: torch.Tensor, eta: float, n_pairs: int = 256, gram: Optional[to
 
 def uncovered_share(G_F: torch.Tensor, y: torch.Tensor, Q: torch.Tensor, block_index: torch.Tensor,
                     covered: torch.Tensor, trivial: int = 0, SG: Optional[torch.Tensor] = None) -> float:
-    """Share of G_F's class profile on irrep blocks not yet covered (Theorem 7, SPEC §6.7).
+    """Share of G_F's class profile on irrep blocks not yet covered (Theorem 7, docs/theory.md §6.7).
 
     The class profile is ỸᵀG_F (M, K): for each node, G_F summed over the samples of each class
     h1·h2, a function on the group. Theorem 7: once a set S of irreps is learned, the residual and
