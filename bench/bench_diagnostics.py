@@ -126,7 +126,7 @@ def part_costs(dm, K: int) -> dict[str, float]:  # noqa: C901
     """Milliseconds of each part of the diagnostics on one captured snapshot."""
     from li2_lightning.analysis import gradients as gr
     from li2_lightning.callbacks import _plots
-    from li2_lightning.callbacks import _shared as sh
+    from li2_lightning.callbacks.snapshot import Snapshot
     from li2_lightning.nets import TwoLayerNet
     from li2_lightning.probe import Li2Probe
 
@@ -139,18 +139,19 @@ def part_costs(dm, K: int) -> dict[str, float]:  # noqa: C901
 
     def snap():
         probe = Li2Probe(M=dm.M, x=x, y=y, W=W, V=V, activation="sqr", group=dm.group,
-                         eta_eff=len(y) * 2e-4 / 2, F=F, G_F=G)
-        return sh.Snapshot(probe, W.clone(), V.clone())
+                         eta_eff=len(y) * 2e-4 / 2)
+        return Snapshot(probe, W.clone(), V.clone(), F, -G)
 
     gf, en, ft, st = bundle("li2.yaml")
-    gf._W0, gf._V0, en.E_ref = W.clone(), V.clone(), 1.0
+    gf._W0, gf._V0, en.E_ref, en.E_block = W.clone(), V.clone(), 1.0, [1.0] * dm.M
 
-    class _T:  # the only trainer attribute StageMonitor._observe reads
-        callback_metrics = {"train/acc": torch.tensor(1.0)}
+    class _T:  # the only trainer attributes StageMonitor._observe reads
+        callback_metrics = {"train/acc": torch.tensor(1.0), "val/acc": torch.tensor(0.0)}
+        current_epoch, check_val_every_n_epoch = 0, 1
 
     def cheap():
         s = snap()
-        gf.compute(s, False), en.compute(s.energy), ft.compute(s), st._observe(_T, s)
+        gf.observables(s, False), en.compute(s, _T), ft.compute(s), st._observe(_T, s)
 
     def timed(f, reps):
         f()

@@ -17,13 +17,15 @@ from li2_lightning.analysis import features as ft
 from li2_lightning.analysis import gradients as gr
 from li2_lightning.analysis.irreps import fourier_blocks
 from li2_lightning.callbacks import EnergyMonitor, FeatureMonitor, GFStructureMonitor, StageMonitor
+from li2_lightning.hooks import HookPoint
 from li2_lightning.probe import Li2Probe
 
 M, K, WD = 11, 24, 1e-3
 
 
 class ToyModule(LightningModule):
-    """A user's own two-layer net on Z_11 (own parameters, loss and data), exposing the Li2 probe."""
+    """A user's own two-layer net on Z_11 (own parameters, loss and data), exposing the Li2 probe
+    and, with ``capture``, the hook point ``hook_F``."""
 
     def __init__(self, capture: bool = False, seed: int = 0):
         super().__init__()
@@ -33,30 +35,23 @@ class ToyModule(LightningModule):
         idx = torch.randperm(M * M, generator=torch.Generator().manual_seed(1))[:80]
         self.x = torch.stack([idx // M, idx % M], 1)
         self.y = (self.x[:, 0] + self.x[:, 1]) % M
-        self.capture = capture
-        self.li2_capture = False
-        self._F = self._G_F = None
+        if capture:
+            self.hook_F = HookPoint()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         F = (self.W[x[:, 0]] + self.W[M + x[:, 1]]) ** 2
+        if hasattr(self, "hook_F"):
+            F = self.hook_F(F)
         out = F @ self.V
         o = out - out.mean(1, keepdim=True)
         loss = ((o - (nn.functional.one_hot(y, M) - 1.0 / M)) ** 2).sum(1).mean()
-        if self.capture and self.li2_capture:
-            F.retain_grad()
-            self._F = F
         self.log("train/acc", (out.argmax(1) == y).float().mean(), on_epoch=True, on_step=False)
         return loss
 
-    def on_after_backward(self):
-        if self._F is not None and self._F.grad is not None:
-            self._G_F, self._F = -self._F.grad.detach(), self._F.detach()
-
     def li2_probe(self) -> Li2Probe:
-        F, G_F, self._F, self._G_F = self._F, self._G_F, None, None
         return Li2Probe(M=M, x=self.x, y=self.y, W=self.W.detach(), V=self.V.detach(), activation="sqr",
-                        loss="mse", eta_eff=len(self.y) * WD / 2, F=F, G_F=G_F)
+                        loss="mse", eta_eff=len(self.y) * WD / 2)
 
     def train_dataloader(self):
         return DataLoader([(self.x, self.y)], batch_size=None)
@@ -165,7 +160,7 @@ def test_state_dict_round_trip_and_resume(tmp_path):
         fresh.load_state_dict(cb.state_dict())
         assert fresh.state_dict().keys() == cb.state_dict().keys()
         assert getattr(fresh, "history", None) == getattr(cb, "history", None)
-    assert cbs[3].state_dict()["stage"] == cbs[3].stage
+    assert cbs[3].state_dict()["stage"] == cbs[3].stage.label
     resumed = _callbacks()
     trainer = Trainer(max_epochs=4, logger=False, callbacks=resumed, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False)

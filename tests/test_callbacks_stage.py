@@ -3,6 +3,7 @@
 import torch
 
 from li2_lightning.callbacks import StageMonitor
+from li2_lightning.stages import Stage
 
 
 def _run(monitor, seq):
@@ -34,7 +35,7 @@ def test_wd0_like_run_stalls_without_interactive_stage():
                         "val_acc": 0.02, "coverage": 0.0}))
     m = StageMonitor()
     assert _run(m, seq) == [("independent", 20), ("stalled", 110)]
-    assert m.stage == "stalled"
+    assert m.stage is Stage.STALLED
     t = m.transitions[-1]
     assert t["a_G"] <= 0.3 * t["peak_a_G"] and abs(t["delta_purity"]) < 0.005
 
@@ -63,7 +64,7 @@ def test_done_is_final_and_state_round_trips():
     state = m.state_dict()
     m2 = StageMonitor()
     m2.load_state_dict(state)
-    assert m2.stage == "done" and m2.transitions == m.transitions
+    assert m2.stage is Stage.DONE and m2.transitions == m.transitions
     assert m2.update(300, {"a_G": 0.0, "purity": 0.0, "coverage": 0.0, "train_acc": 0.0, "val_acc": 0.0,
                            "independence": 1.0, "M": 71.0}) is None
 
@@ -114,4 +115,4 @@ def test_li2module_stages_appear_in_order(tmp_path):
 def test_li2module_without_weight_decay_has_no_interactive_stage(tmp_path):
     stage, val = _li2_run(0.0, 200, tmp_path)
     assert "interactive" not in [t["to"] for t in stage.transitions] and val < 0.5
-    assert stage.stage == "stalled"
+    assert stage.stage is Stage.STALLED

@@ -64,20 +64,21 @@ def test_bad_arguments(kwargs, match):
         Li2Module(**kwargs)
 
 
-def test_captured_G_F_is_minus_the_gradient_of_the_full_loss():
+def test_hook_point_gives_F_and_minus_G_F_of_the_full_loss():
     dm = GroupArithmeticDataModule("Z11", train_fraction=0.5)
     torch.manual_seed(1)
     model = Li2Module(K=12, loss="ce", optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
-    model.li2_capture = True
-    _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
-    probe = model.li2_probe()
+    assert "hook_F" not in "".join(model.state_dict())  # a hook point holds no state
+    with model.hook_F.capture() as cap:
+        _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    assert cap.calls == 1  # the validation pass (no grad) is not captured
     F = model.net.hidden(dm.train_x).detach().requires_grad_(True)
     loss = loss_sum("ce", model.net.readout(F), dm.train_y) / len(dm.train_y)
     (grad,) = torch.autograd.grad(loss, F)
-    torch.testing.assert_close(probe.F, F.detach())
-    torch.testing.assert_close(probe.G_F, -grad)
-    assert probe.eta_eff is None  # defined for the MSE loss only
-    assert model.li2_probe().F is None  # consumed
+    torch.testing.assert_close(cap.value, F.detach())
+    torch.testing.assert_close(cap.grad, grad)
+    assert not model.hook_F._captures  # detached at the end of the block
+    assert model.li2_probe().eta_eff is None  # defined for the MSE loss only
 
 
 def test_eta_eff_follows_the_loss_and_weight_decay():

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from li2_lightning.hooks import HookPoint
 from li2_lightning.losses import check_loss, loss_sum
 from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K
 from li2_lightning.probe import Li2Probe
@@ -36,13 +37,14 @@ class Li2Module(pl.LightningModule):
     step saw), ``val/loss``, ``val/acc`` (after the step, on the held-out pairs), and
     ``train/W_norm``, ``train/V_norm`` every epoch.
 
-    Implements the Li2 probe (:mod:`li2_lightning.probe`): with ``li2_capture`` set, a full-batch
-    training step keeps F and G_F = −∂L/∂F for the callbacks.
+    Implements the Li2 probe (:mod:`li2_lightning.probe`) and passes the hidden activations F
+    through the hook point ``hook_F`` (:mod:`li2_lightning.hooks`), where the Li2 callbacks read
+    F and −∂L/∂F of a full-batch step instead of recomputing them.
 
     Args:
         K: hidden width.
         activation: ``"sqr"``, ``"relu"``, ``"silu"`` or ``"relusqr"``.
-        loss: ``"mse"`` (class-centred squared error, SPEC §2) or ``"ce"``.
+        loss: ``"mse"`` (class-centred squared error, docs/theory.md §2) or ``"ce"``.
         M: group order; None to take it from the datamodule.
         V_init_scale: multiplier on V's initial values (0: zero-init V).
         output_scale: output multiplier β.
@@ -71,9 +73,7 @@ class Li2Module(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net: Optional[TwoLayerNet] = None
-        self.li2_capture = False
-        self._F: Optional[torch.Tensor] = None  # captured hidden activations (this rank's rows)
-        self._G_F: Optional[torch.Tensor] = None
+        self.hook_F = HookPoint()  # F (n, K): read by the Li2 callbacks
         if M is not None:
             self._build(M)
 
@@ -105,7 +105,7 @@ class Li2Module(pl.LightningModule):
 
     def _step(self, batch):
         x, y, denom = batch
-        F = self.net.hidden(x)  # (b, K)
+        F = self.hook_F(self.net.hidden(x))  # (b, K)
         out = self.net.readout(F)  # (b, M)
         loss = loss_sum(self.hparams.loss, out, y) / denom
         return F, out, y, loss, denom
@@ -113,9 +113,6 @@ class Li2Module(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         F, out, y, loss, denom = self._step(batch)
         self._check_finite(loss)
-        if self.li2_capture and self._full_batch():
-            F.retain_grad()
-            self._F = F
         self.train_loss.update(loss.detach(), denom)
         self.train_acc.update(out.detach(), y)
         # logged from the step (Lightning computes and resets the metrics at epoch end), so every
@@ -123,15 +120,6 @@ class Li2Module(pl.LightningModule):
         self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc}, on_step=False,
                       on_epoch=True, batch_size=1)
         return loss
-
-    def on_after_backward(self) -> None:
-        if self._F is not None and self._F.grad is not None:
-            # in place: F.grad is not needed after this; the rank's loss is world_size × its
-            # share of L, so its F.grad is scaled alike
-            G_F = self._F.grad.detach().neg_()
-            if self.trainer.world_size > 1:
-                G_F.div_(self.trainer.world_size)
-            self._G_F, self._F = G_F, self._F.detach()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         _, out, y, loss, denom = self._step(batch)
@@ -165,10 +153,6 @@ class Li2Module(pl.LightningModule):
             metric.reset()
         return values
 
-    def _full_batch(self) -> bool:
-        dm = self.trainer.datamodule
-        return dm is not None and getattr(dm, "batch_size", None) is None
-
     def _check_finite(self, loss: torch.Tensor) -> None:
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
@@ -184,7 +168,7 @@ class Li2Module(pl.LightningModule):
                                                          "interval": "epoch"}}
 
     def eta_eff(self) -> Optional[float]:
-        """The theory's ridge η for the top layer, from the loss and V's weight decay (SPEC §2).
+        """The theory's ridge η for the top layer, from the loss and V's weight decay (docs/theory.md §2).
 
         With the class-centred MSE (mean over n samples) and coupled L2 decay wd, the top layer's
         fixed point is (FᵀF + (n·wd/2) I) V = Fᵀ(Y − 1/M), so η = n·wd/2 (SGD and Adam alike:
@@ -203,14 +187,10 @@ class Li2Module(pl.LightningModule):
         return None
 
     def li2_probe(self) -> Li2Probe:
-        """The snapshot the Li2 callbacks read (see :mod:`li2_lightning.probe`)."""
+        """What the Li2 callbacks read (see :mod:`li2_lightning.probe`); no side effects."""
         dm = self.trainer.datamodule
-        F, G_F = self._F, self._G_F
-        self._F = self._G_F = None
-        if F is not None and self.trainer.world_size > 1:
-            F = G_F = None  # this rank holds only its shard's rows; the callbacks recompute
         return Li2Probe(
             M=self.hparams.M, x=dm.train_x.to(self.device), y=dm.train_y.to(self.device),
             W=self.net.W.detach(), V=self.net.V.detach(), activation=self.hparams.activation,
             loss=self.hparams.loss, group=dm.group, eta_eff=self.eta_eff(),
-            output_scale=self.hparams.output_scale, F=F, G_F=G_F)
+            output_scale=self.hparams.output_scale)

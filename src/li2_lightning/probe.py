@@ -4,10 +4,10 @@ Any LightningModule can be watched by the Li2 callbacks if it has a method ``li2
 returns a :class:`Li2Probe`. ``Li2Module`` implements it; a user's own module needs a few lines
 (see docs/callbacks.md).
 
-Optionally, a module can save the callbacks a forward and backward pass: when a callback sets
-``pl_module.li2_capture = True`` before a training step, a module that supports capture stores the
-hidden activations F and G_F = -dL/dF of that full-batch step, and returns them in the next probe.
-A module without capture returns ``F=None, G_F=None`` and the callbacks recompute both.
+Optionally, a module can save the callbacks a forward and backward pass by passing its hidden
+activations through a hook point, ``F = self.hook_F(...)`` with ``self.hook_F =
+li2_lightning.hooks.HookPoint()``: the callbacks then read F and G_F = -dL/dF of a full-batch
+step there. Without one they recompute both from W and V.
 """
 
 from __future__ import annotations
@@ -34,12 +34,10 @@ class Li2Probe:
         W: (2M, K) first-layer weight; rows 0..M-1 act on h1, rows M..2M-1 on h2.
         V: (K, M) top-layer weight.
         activation: one of ``"sqr"``, ``"relu"``, ``"silu"``, ``"relusqr"``.
-        loss: ``"mse"`` (the class-centred squared error of SPEC §2) or ``"ce"``.
+        loss: ``"mse"`` (the class-centred squared error of docs/theory.md §2) or ``"ce"``.
         group: the group (Cayley table), or None for Z_M with index = residue.
-        eta_eff: the theory's ridge η implied by the loss and weight decay (SPEC §2), or None.
+        eta_eff: the theory's ridge η implied by the loss and weight decay (docs/theory.md §2), or None.
         output_scale: the output multiplier β (output = β F V).
-        F: (n, K) hidden activations of the last captured full-batch step, or None.
-        G_F: (n, K) -dL/dF of that step (L the whole-train-set loss), or None.
     """
 
     M: int
@@ -52,8 +50,6 @@ class Li2Probe:
     group: Optional["Group"] = None
     eta_eff: Optional[float] = None
     output_scale: float = 1.0
-    F: Optional[torch.Tensor] = None
-    G_F: Optional[torch.Tensor] = None
 
 
 @runtime_checkable

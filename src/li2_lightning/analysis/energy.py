@@ -161,3 +161,22 @@ def block_max_energy(x: torch.Tensor, y: torch.Tensor, M: int, block_basis: torc
 def energy_ratio(E: torch.Tensor, E_ref: float) -> torch.Tensor:
     """E_j / E_ref (K,): 1 means node j sits at the energy of an exact maximum."""
     return E / E_ref if E_ref > 0 and math.isfinite(E_ref) else torch.full_like(E, float("nan"))
+
+
+def block_energy_ratio(E: torch.Tensor, dominant: torch.Tensor, E_block: torch.Tensor) -> torch.Tensor:
+    """E_j / E_max(b_j) (K,), float64: each node's energy over the maximum of its own block.
+
+    b_j is node j's dominant irrep block (``features.dominant_irrep``) and E_max(b) the largest
+    energy of a unit w with both halves in block b (:func:`irrep_max_energies`), so 1 means the
+    node sits exactly on the maximum of the irrep it has learned (Theorem 2), whatever that
+    irrep's own maximum is. NaN for a node without a dominant block (b_j = −1) or whose block has
+    no positive finite maximum.
+
+    Args:
+        E: (K,) energies E(w_j/‖w_j‖). dominant: (K,) block index per node, −1 for none.
+        E_block: (B,) per-block maxima.
+    """
+    ref = E_block.to(device=E.device, dtype=torch.float64)[dominant.clamp_min(0)]  # (K,)
+    ok = (dominant >= 0) & torch.isfinite(ref) & (ref > 0)
+    return torch.where(ok, E.to(torch.float64) / torch.where(ok, ref, torch.ones_like(ref)),
+                       torch.full_like(ref, float("nan")))

@@ -89,7 +89,7 @@ def energy_histogram(ratio: torch.Tensor, epoch: int, path: Optional[str] = None
         fig = _figure(5, 3)
         fig.subplots_adjust(left=0.14, right=0.97, bottom=0.17, top=0.9)
         ax = fig.add_subplot(1, 1, 1)
-        ax.set_xlabel("E(w/|w|) / E of an exact irrep maximum")
+        ax.set_xlabel("E(w/|w|) / E at the maximum of its own irrep")
         ax.set_ylabel("nodes")
         _FIGURES[key] = (fig, ax, ax.set_title(""), [])
     fig, ax, title, artists = _FIGURES[key]

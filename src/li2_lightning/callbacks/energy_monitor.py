@@ -1,4 +1,4 @@
-"""EnergyMonitor: each hidden node's energy E(w_j/‖w_j‖) against an exact maximum (SPEC §4, §6.6)."""
+"""EnergyMonitor: each hidden node's energy E(w_j/‖w_j‖) against exact maxima (docs/theory.md §4, §6)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,40 @@ import os
 from typing import Any, Optional
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
 
 from li2_lightning.analysis import energy as en
 from li2_lightning.callbacks import _plots
-from li2_lightning.callbacks import _shared as sh
+from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, has_wandb, log_wandb_media, media_dir,
+                                          needs_files, require_wandb)
+from li2_lightning.callbacks.snapshot import Snapshot, get_probe
 
 
-class EnergyMonitor(Callback):
+class EnergyMonitor(Li2Callback):
     """Logs the per-node energy of Stage II on the training rows, under ``li2/energy/``.
 
     E(w) = ½‖Ỹᵀσ(Xw)‖² (Theorem 1) is evaluated for every node on the unit sphere, w_j/‖w_j‖,
-    and compared with ``li2/energy/ref``: the largest energy on the same rows of a unit w whose
-    two operand halves lie in one irrep block (Theorem 2's maxima, found once at the start of
-    training by projected gradient ascent inside each block). A node at ratio ≈ 1 sits on an
-    exact irrep maximum; with scarce data, memorisation maxima can exceed 1 (SPEC §4).
+    and compared with exact maxima found once at the start of training by projected gradient
+    ascent inside each irrep block (Theorem 2's maxima have both operand halves in one block):
 
-    Every ``every_n_epochs``: ``li2/energy/mean``, ``median``, ``max`` and the ratios
-    ``li2/energy/ratio_mean``, ``ratio_max``; on W&B a histogram ``li2/energy/hist`` of the
-    ratios. Every ``image_every_n_epochs``, for loggers other than W&B, the histogram as a PNG in
-    ``<log_dir>/li2/energy_hist_epoch{epoch}.png``.
+    - ``li2/energy/ratio_mean``, ``ratio_max``: E_j over the maximum of node j's own dominant
+      block (``analysis.energy.block_energy_ratio``); 1 = every node exactly on the maximum of
+      the irrep it holds. Nodes without a dominant block are left out.
+    - ``li2/energy/ref``: the largest of the block maxima, and ``ratio_group_mean``,
+      ``ratio_group_max``: E_j over it (the whole-group ratio; irreps with a lower maximum, e.g.
+      a complex pair of Z_M against the real one, stay below 1 at their own maximum). With scarce
+      data memorisation maxima can exceed 1 (docs/theory.md §4).
+
+    Every ``every_n_epochs`` also ``li2/energy/mean``, ``median``, ``max``; on W&B a histogram
+    ``li2/energy/hist`` of the per-block ratios. Every ``image_every_n_epochs``, for loggers
+    other than W&B, that histogram as a PNG in ``<log_dir>/li2/energy_hist_epoch{epoch}.png``.
 
     Args:
         every_n_epochs: cadence (epochs 0, n, 2n, ... and the last).
         image_every_n_epochs: cadence of the PNG histogram for non-W&B loggers; 0 disables.
         histogram: log the W&B histogram at every logged epoch.
-        reference: compute ``li2/energy/ref`` and the ratios (about a second at the start for Z71).
+        reference: compute the block maxima and the ratios (about a second at the start for Z71).
 
     Raises:
         ValueError: on a cadence that is not a non-negative integer.
@@ -40,63 +48,83 @@ class EnergyMonitor(Callback):
 
     def __init__(self, every_n_epochs: int = 1, image_every_n_epochs: int = 50,
                  histogram: bool = True, reference: bool = True) -> None:
-        sh.check_positive_int("every_n_epochs", every_n_epochs)
-        sh.check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs)
+        check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
         self.image_every_n_epochs = image_every_n_epochs
         self.histogram = bool(histogram)
         self.reference = bool(reference)
         self.E_ref: Optional[float] = None
-        self.history: list[dict[str, float]] = []
+        self.E_block: Optional[list[float]] = None  # (B,) maximum per irrep block
 
+    @override
+    def settings(self) -> dict[str, Any]:
+        return {"every_n_epochs": self.every_n_epochs, "image_every_n_epochs": self.image_every_n_epochs,
+                "histogram": self.histogram, "reference": self.reference}
+
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.reference and self.E_ref is None:
-            self.E_ref = self.reference_energy(sh.get_probe(pl_module))
+        if self.reference and self.E_block is None:
+            E = self.block_energies(get_probe(pl_module))
+            self.E_block = [float(e) for e in E]
+            self.E_ref = float(E[1:].max()) if len(E) > 1 else float("nan")
+
+    @staticmethod
+    def block_energies(probe) -> torch.Tensor:
+        """(B,) largest energy inside each irrep block on the probe's training rows (block 0: trivial)."""
+        b = Snapshot(probe).basis
+        return en.irrep_max_energies(probe.x.cpu(), probe.y.cpu(), b.Q, b.block_index, probe.activation)
 
     @staticmethod
     def reference_energy(probe) -> float:
         """Largest energy over the non-trivial irrep blocks on the probe's training rows."""
-        b = sh.Snapshot(probe, None, None).basis
-        if b.n_blocks < 2:
-            return float("nan")
-        E = en.irrep_max_energies(probe.x.cpu(), probe.y.cpu(), b.Q, b.block_index, probe.activation)
-        return float(E[1:].max())
+        E = EnergyMonitor.block_energies(probe)
+        return float(E[1:].max()) if len(E) > 1 else float("nan")
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        sh.epoch_start(trainer, pl_module, sh.due(trainer, self.every_n_epochs))
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not sh.due(trainer, self.every_n_epochs):
-            return
-        s = sh.snapshot(trainer, pl_module)
+    @override
+    def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
         E = s.energy
-        m = self.compute(E)
-        self.history.append({"epoch": float(trainer.current_epoch), **m})
-        ratio = en.energy_ratio(E, self.E_ref) if self._has_ref() else E
-        media = {}
-        if trainer.is_global_zero and self.histogram and sh.has_wandb(trainer):
-            wandb = sh.require_wandb()
-            media["li2/energy/hist"] = wandb.Histogram(ratio.cpu().numpy())
-        sh.emit(trainer, m, media)
-        if trainer.is_global_zero and sh.needs_files(trainer) and sh.due(trainer, self.image_every_n_epochs):
-            path = os.path.join(sh.media_dir(trainer), f"energy_hist_epoch{trainer.current_epoch:05d}.png")
-            _plots.energy_histogram(ratio, trainer.current_epoch, path)
-
-    def compute(self, E: torch.Tensor) -> dict[str, float]:
-        """Scalars from the per-node energies E (K,)."""
         m = {"li2/energy/mean": float(E.mean()), "li2/energy/median": float(E.median()),
              "li2/energy/max": float(E.max())}
         if self._has_ref():
-            m.update({"li2/energy/ref": self.E_ref, "li2/energy/ratio_mean": float(E.mean()) / self.E_ref,
-                      "li2/energy/ratio_max": float(E.max()) / self.E_ref})
+            r = self.block_ratio(s)
+            r = r[~r.isnan()]
+            m.update({"li2/energy/ref": self.E_ref,
+                      "li2/energy/ratio_mean": float(r.mean()) if len(r) else float("nan"),
+                      "li2/energy/ratio_max": float(r.max()) if len(r) else float("nan"),
+                      "li2/energy/ratio_group_mean": float(E.mean()) / self.E_ref,
+                      "li2/energy/ratio_group_max": float(E.max()) / self.E_ref})
         return m
 
+    def block_ratio(self, s: Snapshot) -> torch.Tensor:
+        """(K,) per-node energy over its dominant block's maximum (NaN: no dominant block)."""
+        E_block = torch.tensor(self.E_block, dtype=torch.float64)
+        return en.block_energy_ratio(s.energy, s.dominant, E_block)
+
+    @override
+    def media(self, trainer: Trainer, s: Snapshot) -> None:
+        if not trainer.is_global_zero:
+            return
+        wandb_due = self.histogram and has_wandb(trainer)
+        png_due = needs_files(trainer) and self.due(trainer, self.image_every_n_epochs)
+        if not (wandb_due or png_due):
+            return
+        ratio = self.block_ratio(s) if self._has_ref() else s.energy
+        ratio = ratio[~ratio.isnan()]
+        if wandb_due:
+            log_wandb_media(trainer, {"li2/energy/hist": require_wandb().Histogram(ratio.cpu().numpy())})
+        if png_due:
+            path = os.path.join(media_dir(trainer), f"energy_hist_epoch{trainer.current_epoch:05d}.png")
+            _plots.energy_histogram(ratio, trainer.current_epoch, path)
+
     def _has_ref(self) -> bool:
-        return self.E_ref is not None and math.isfinite(self.E_ref) and self.E_ref > 0
+        return (self.E_block is not None and self.E_ref is not None and math.isfinite(self.E_ref)
+                and self.E_ref > 0)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "E_ref": self.E_ref}
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {"E_ref": self.E_ref, "E_block": self.E_block}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.E_ref = state_dict.get("E_ref")
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.E_ref = state.get("E_ref")
+        self.E_block = state.get("E_block")

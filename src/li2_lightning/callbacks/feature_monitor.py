@@ -1,18 +1,21 @@
-"""FeatureMonitor: which irreducible representation each hidden node has learned (SPEC §4, §6.5)."""
+"""FeatureMonitor: which irreducible representation each hidden node has learned (docs/theory.md §4, §5, §6)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Trainer
+from typing_extensions import override
 
 from li2_lightning.callbacks import _plots
-from li2_lightning.callbacks import _shared as sh
+from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, check_unit, has_wandb, log_wandb_media,
+                                          media_dir, needs_files, require_wandb)
+from li2_lightning.callbacks.snapshot import Snapshot
 
 
-class FeatureMonitor(Callback):
+class FeatureMonitor(Li2Callback):
     """Logs feature purity and irrep coverage of the first layer W, under ``li2/feat/``.
 
     Each node's two operand halves (mean removed) are measured in the real irrep blocks of the
@@ -43,41 +46,35 @@ class FeatureMonitor(Callback):
 
     def __init__(self, every_n_epochs: int = 1, image_every_n_epochs: int = 50,
                  purity_threshold: float = 0.9) -> None:
-        sh.check_positive_int("every_n_epochs", every_n_epochs)
-        sh.check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
-        sh.check_unit("purity_threshold", purity_threshold, lo_open=True)
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs)
+        check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
+        check_unit("purity_threshold", purity_threshold, lo_open=True)
         self.image_every_n_epochs = image_every_n_epochs
         self.purity_threshold = purity_threshold
-        self.history: list[dict[str, float]] = []
 
-    def _any_due(self, trainer: Trainer) -> tuple[bool, bool]:
-        return sh.due(trainer, self.every_n_epochs), sh.due(trainer, self.image_every_n_epochs)
+    @override
+    def settings(self) -> dict[str, Any]:
+        return {"every_n_epochs": self.every_n_epochs, "image_every_n_epochs": self.image_every_n_epochs,
+                "purity_threshold": self.purity_threshold}
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        sh.epoch_start(trainer, pl_module, any(self._any_due(trainer)))
+    @override
+    def snapshot_due(self, trainer: Trainer) -> bool:
+        return self.scalars_due(trainer) or self.due(trainer, self.image_every_n_epochs)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        scalars_due, image_due = self._any_due(trainer)
-        if not (scalars_due or image_due):
+    @override
+    def media(self, trainer: Trainer, s: Snapshot) -> None:
+        if not (trainer.is_global_zero and self.due(trainer, self.image_every_n_epochs)):
             return
-        s = sh.snapshot(trainer, pl_module)
-        m = self.compute(s)
-        if scalars_due:
-            self.history.append({"epoch": float(trainer.current_epoch), **m})
-        media = {}
-        if image_due and trainer.is_global_zero:
-            epoch = trainer.current_epoch
-            path = None
-            if sh.needs_files(trainer):
-                path = os.path.join(sh.media_dir(trainer), f"irrep_power_epoch{epoch:05d}.png")
-            rgb = _plots.irrep_heatmap(s.power, s.basis.labels, epoch, path)
-            if sh.has_wandb(trainer):
-                wandb = sh.require_wandb()
-                media["li2/feat/irrep_power"] = wandb.Image(rgb, caption=f"epoch {epoch}")
-        sh.emit(trainer, m if scalars_due else {}, media)
+        epoch = trainer.current_epoch
+        path = os.path.join(media_dir(trainer), f"irrep_power_epoch{epoch:05d}.png") if needs_files(trainer) else None
+        if path is None and not has_wandb(trainer):
+            return
+        rgb = _plots.irrep_heatmap(s.power, s.basis.labels, epoch, path)
+        if has_wandb(trainer):
+            log_wandb_media(trainer, {"li2/feat/irrep_power": require_wandb().Image(rgb, caption=f"epoch {epoch}")})
 
-    def compute(self, s: "sh.Snapshot") -> dict[str, float]:
+    @override
+    def compute(self, s: Snapshot, trainer: Optional[Trainer] = None) -> dict[str, float]:
         """Scalars of one snapshot."""
         pur = s.purity
         pure = pur >= self.purity_threshold
@@ -99,9 +96,3 @@ class FeatureMonitor(Callback):
             for d in sorted(set(s.basis.dims[1:])):
                 m[f"li2/feat/pure_dim{d}"] = float((dom_dims == d).double().mean()) if bool(pure.any()) else 0.0
         return m
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))

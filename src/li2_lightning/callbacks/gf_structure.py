@@ -1,17 +1,19 @@
-"""GFStructureMonitor: the backpropagated gradient G_F and the layers' movement (SPEC §3, §5, §6.1-4, §6.7)."""
+"""GFStructureMonitor: the backpropagated gradient G_F and the layers' movement (docs/theory.md §3, §5, §6)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
 
 from li2_lightning.analysis import gradients as gr
-from li2_lightning.callbacks import _shared as sh
+from li2_lightning.callbacks.base import Li2Callback, check_positive_int, check_unit
+from li2_lightning.callbacks.snapshot import Snapshot, get_probe
 
 
-class GFStructureMonitor(Callback):
+class GFStructureMonitor(Li2Callback):
     """Logs the structure of G_F = −∂L/∂F and how far W and V have moved, under ``li2/``.
 
     Every ``every_n_epochs`` (cheap: a few passes over the (n, K) activations, no forward pass when
@@ -29,7 +31,7 @@ class GFStructureMonitor(Callback):
     Every ``heavy_every_n_epochs`` (two K × K solves and an n × n Gram matrix, float64):
 
     - ``li2/V/r_V``: ‖V − V*‖/‖V*‖, V* the top layer's fixed point for frozen F under the actual
-      loss and η_eff (SPEC §2-3); only when the probe gives ``eta_eff``;
+      loss and η_eff (docs/theory.md §2-3); only when the probe gives ``eta_eff``;
     - ``li2/gf/align_inf``: cos(G_F, G_F at V = V*), how close G_F is to its ridge limit (Eq. 4);
     - ``li2/F/gram_distance``: ‖FFᵀ − (aI + b11ᵀ)‖/‖FFᵀ‖ on ``gram_rows`` rows (Lemma 1);
     - ``li2/gf/repulsion``: among the ``repulsion_pairs`` most similar node pairs, the share
@@ -51,43 +53,42 @@ class GFStructureMonitor(Callback):
     def __init__(self, every_n_epochs: int = 1, heavy_every_n_epochs: int = 100,
                  independence_nodes: int = 128, gram_rows: int = 512, repulsion_pairs: int = 128,
                  purity_threshold: float = 0.9) -> None:
-        sh.check_positive_int("every_n_epochs", every_n_epochs)
-        sh.check_positive_int("heavy_every_n_epochs", heavy_every_n_epochs, allow_zero=True)
-        sh.check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
-        sh.check_positive_int("gram_rows", gram_rows, allow_zero=True)
-        sh.check_positive_int("repulsion_pairs", repulsion_pairs)
-        sh.check_unit("purity_threshold", purity_threshold, lo_open=True)
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs)
+        check_positive_int("heavy_every_n_epochs", heavy_every_n_epochs, allow_zero=True)
+        check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
+        check_positive_int("gram_rows", gram_rows, allow_zero=True)
+        check_positive_int("repulsion_pairs", repulsion_pairs)
+        check_unit("purity_threshold", purity_threshold, lo_open=True)
         self.heavy_every_n_epochs = heavy_every_n_epochs
         self.independence_nodes = independence_nodes
         self.gram_rows = gram_rows
         self.repulsion_pairs = repulsion_pairs
         self.purity_threshold = purity_threshold
-        self.history: list[dict[str, float]] = []
         self._W0: Optional[torch.Tensor] = None
         self._V0: Optional[torch.Tensor] = None
 
+    @override
+    def settings(self) -> dict[str, Any]:
+        return {"every_n_epochs": self.every_n_epochs, "heavy_every_n_epochs": self.heavy_every_n_epochs,
+                "independence_nodes": self.independence_nodes, "gram_rows": self.gram_rows,
+                "repulsion_pairs": self.repulsion_pairs, "purity_threshold": self.purity_threshold}
+
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._W0 is None:  # not restored from a checkpoint
-            probe = sh.get_probe(pl_module)
+            probe = get_probe(pl_module)
             self._W0, self._V0 = probe.W.detach().clone(), probe.V.detach().clone()
 
-    def _heavy_due(self, trainer: Trainer) -> bool:
-        return sh.due(trainer, self.heavy_every_n_epochs)
+    @override
+    def scalars_due(self, trainer: Trainer) -> bool:
+        return super().scalars_due(trainer) or self.due(trainer, self.heavy_every_n_epochs)
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        sh.epoch_start(trainer, pl_module, sh.due(trainer, self.every_n_epochs) or self._heavy_due(trainer))
+    @override
+    def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
+        """The cheap observables, plus the heavy ones when their cadence is due."""
+        return self.observables(s, self.due(trainer, self.heavy_every_n_epochs))
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        cheap, heavy = sh.due(trainer, self.every_n_epochs), self._heavy_due(trainer)
-        if not (cheap or heavy):
-            return
-        s = sh.snapshot(trainer, pl_module)
-        m = self.compute(s, heavy)
-        self.history.append({"epoch": float(trainer.current_epoch), **m})
-        sh.emit(trainer, m)
-
-    def compute(self, s: "sh.Snapshot", heavy: bool) -> dict[str, float]:
+    def observables(self, s: Snapshot, heavy: bool) -> dict[str, float]:
         """The observables of one snapshot (the cheap ones, plus the heavy ones if ``heavy``)."""
         covered = s.covered(self.purity_threshold)
         sizes = torch.tensor(s.basis.sizes, dtype=torch.float64)
@@ -110,7 +111,7 @@ class GFStructureMonitor(Callback):
             m.update(self._heavy(s))
         return m
 
-    def _heavy(self, s: "sh.Snapshot") -> dict[str, float]:
+    def _heavy(self, s: Snapshot) -> dict[str, float]:
         m: dict[str, float] = {}
         rows = None
         if 0 < self.gram_rows < s.n:
@@ -128,9 +129,10 @@ class GFStructureMonitor(Callback):
             m["li2/gf/repulsion"] = rep["repulsion"]
         return m
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "W0": self._W0, "V0": self._V0}
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {"W0": self._W0, "V0": self._V0}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self._W0, self._V0 = state_dict.get("W0"), state_dict.get("V0")
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._W0, self._V0 = state.get("W0"), state.get("V0")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+from typing_extensions import override
+
+from li2_lightning.callbacks.base import log_scalars, warn_missing_key
 
 
 class AccuracyMilestones(pl.Callback):
@@ -12,9 +15,11 @@ class AccuracyMilestones(pl.Callback):
 
     The defaults give the numbers grokking studies report: train accuracy 1, and test accuracy
     past 0.5 and 0.99. Each milestone is logged once, when it is reached, as
-    ``milestones/<metric>>=<threshold>`` with the epoch as value (a W&B summary then shows it),
-    and ``milestones`` holds them all for code that reads them after ``fit``. Works with any
-    module that logs the named metrics; kept in ``state_dict`` so a resumed run remembers.
+    ``milestones/<metric>>=<threshold>`` with the epoch as value (through ``pl_module.log_dict``,
+    so other callbacks see it in ``trainer.callback_metrics``; a W&B summary shows it), and
+    ``milestones`` holds them all for code that reads them after ``fit``. Works with any module
+    that logs the named metrics (a metric that is never logged is warned about once); kept in
+    ``state_dict`` so a resumed run remembers.
 
     Args:
         metrics: logged metric names, one per milestone.
@@ -36,12 +41,19 @@ class AccuracyMilestones(pl.Callback):
                              "two non-empty lists of the same length")
         self.pairs = list(zip(metrics, thresholds))
         self.milestones: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(pairs=self.pairs)
 
     @staticmethod
     def key(metric: str, threshold: float) -> str:
         """The name a milestone is logged under."""
         return f"milestones/{metric}>={threshold:g}"
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -49,15 +61,18 @@ class AccuracyMilestones(pl.Callback):
         for metric, threshold in self.pairs:
             key = self.key(metric, threshold)
             value = trainer.callback_metrics.get(metric)
-            if key not in self.milestones and value is not None and float(value) >= threshold:
+            if value is None:
+                warn_missing_key(self, self._warned, trainer, "metrics", metric,
+                                 f"the milestone {key!r} cannot be reached")
+            elif key not in self.milestones and float(value) >= threshold:
                 self.milestones[key] = trainer.current_epoch
-                reached[key] = trainer.current_epoch
-        if reached:
-            for logger in trainer.loggers:
-                logger.log_metrics(reached, step=trainer.global_step)
+                reached[key] = float(trainer.current_epoch)
+        log_scalars(pl_module, reached)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"milestones": dict(self.milestones)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.milestones = dict(state_dict["milestones"])

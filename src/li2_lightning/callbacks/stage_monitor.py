@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
+from dataclasses import asdict, replace
 from typing import Any, Optional
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
 
-from li2_lightning.callbacks import _shared as sh
+from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, check_unit, has_wandb, log_scalars,
+                                          media_dir, needs_files, require_wandb, warn_missing_key)
+from li2_lightning.callbacks.snapshot import Snapshot
+from li2_lightning.stages import Memory, Observation, Stage, Thresholds, next_stage
 
-STAGES = ("lazy", "independent", "interactive", "done", "stalled")
-STAGE_INDEX = {"lazy": 0, "independent": 1, "interactive": 2, "done": 3, "stalled": -1}
 
-
-class StageMonitor(Callback):
-    """Detects lazy → independent → interactive → done (or stalled) from the SPEC §6 observables.
+class StageMonitor(Li2Callback):
+    """Detects lazy → independent → interactive → done (or stalled) from the observables of docs/theory.md §6.
 
     The observables, computed every ``every_n_epochs`` from the shared snapshot: a_G (alignment
     of G_F with ỸỸᵀF̃), the independence ratio, mean feature purity, irrep coverage by pure nodes,
     training accuracy (``train_acc_key`` from the logged metrics, else computed) and test accuracy
-    (``val_acc_key``; absent when the run has no validation). a_G's running maximum is its peak,
+    (``val_acc_key``; absent when the run has no validation). A key that is not logged is warned
+    about once. a_G's running maximum is its peak,
     and Δpurity is the change of mean purity over the last ``window_epochs``.
 
-    The rule (checked in this order; a run can skip a stage):
+    The rule is the pure function :func:`li2_lightning.stages.next_stage` (docs/theory.md §7),
+    one predicate per rule, checked in this order (a run can skip a stage):
 
     1. **done** when coverage ≥ ``done_coverage`` and val acc ≥ ``done_val_acc`` (if logged).
     2. **stalled** (from lazy, independent or interactive) when, after a_G has been
@@ -40,10 +43,11 @@ class StageMonitor(Callback):
        some irrep is covered. Without the last condition a wd = 0 run, whose a_G also falls while
        purity still creeps up, would count as interactive.
 
-    Each transition is logged as ``stage/<to>_epoch`` and ``stage/<to>/<observable>`` (the values
+    The current stage is :attr:`stage`, a :class:`~li2_lightning.stages.Stage`. Each transition
+    is logged as ``stage/<to>_epoch`` and ``stage/<to>/<observable>`` (the values
     that triggered it), appended to the W&B table ``stage/transitions`` and the run summary
     (``stage/<to>_epoch``, ``stage/current``), or to ``<log_dir>/li2/stages.csv`` for other
-    loggers. ``stage/index`` (0 lazy, 1 independent, 2 interactive, 3 done, −1 stalled) is logged
+    loggers. ``stage/index`` (:class:`~li2_lightning.stages.Stage`: 0 lazy, 1 independent, 2 interactive, 3 done, −1 stalled) is logged
     every logged epoch, and as ``stage`` in the progress bar every epoch.
 
     Defaults are calibrated on Z71, K 2048, n 2016, Adam lr 1e-3 with wd 2e-4 and wd 0 (see
@@ -78,37 +82,31 @@ class StageMonitor(Callback):
                  stall_align: float = 0.3, window_epochs: int = 20,
                  purity_threshold: float = 0.9, independence_nodes: int = 128,
                  train_acc_key: str = "train/acc", val_acc_key: str = "val/acc") -> None:
-        sh.check_positive_int("every_n_epochs", every_n_epochs)
-        sh.check_positive_int("window_epochs", window_epochs)
-        sh.check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
-        for name, value in [("fit_train_acc", fit_train_acc), ("align_high", align_high),
-                            ("align_drop", align_drop), ("generalization_gain", generalization_gain),
-                            ("done_coverage", done_coverage), ("done_val_acc", done_val_acc),
-                            ("stall_align", stall_align), ("purity_flat", purity_flat)]:
-            sh.check_unit(name, value)
-        sh.check_unit("purity_threshold", purity_threshold, lo_open=True)
-        if not (isinstance(independence_max, (int, float)) and independence_max > 0):
-            raise ValueError(f"independence_max={independence_max!r} is not accepted; accepted: a number > 0")
-        self.every_n_epochs = every_n_epochs
-        self.fit_train_acc, self.align_high, self.independence_max = fit_train_acc, align_high, independence_max
-        self.align_drop, self.purity_flat = align_drop, purity_flat
-        self.generalization_gain = generalization_gain
-        self.done_coverage, self.done_val_acc = done_coverage, done_val_acc
-        self.stall_align = stall_align
-        self.window_epochs, self.purity_threshold = window_epochs, purity_threshold
+        super().__init__(every_n_epochs)
+        check_positive_int("window_epochs", window_epochs)
+        check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
+        check_unit("purity_threshold", purity_threshold, lo_open=True)
+        self.thresholds = Thresholds(
+            fit_train_acc=fit_train_acc, align_high=align_high, independence_max=independence_max,
+            align_drop=align_drop, purity_flat=purity_flat, generalization_gain=generalization_gain,
+            done_coverage=done_coverage, done_val_acc=done_val_acc, stall_align=stall_align,
+            window_epochs=window_epochs)
+        self.purity_threshold = purity_threshold
         self.independence_nodes = independence_nodes
         self.train_acc_key, self.val_acc_key = train_acc_key, val_acc_key
-        self.stage = "lazy"
-        self.peak_align = -math.inf
-        self.resume_stage: Optional[str] = None  # stage a stalled run returns to
-        self.purity_history: list[tuple[int, float]] = []
+        self.stage = Stage.LAZY
+        self.memory = Memory()
         self.transitions: list[dict[str, Any]] = []
+        self._warned: set[str] = set()
+        self._new_transition = False
+
+    @override
+    def settings(self) -> dict[str, Any]:
+        return {"every_n_epochs": self.every_n_epochs, **asdict(self.thresholds),
+                "purity_threshold": self.purity_threshold, "independence_nodes": self.independence_nodes,
+                "train_acc_key": self.train_acc_key, "val_acc_key": self.val_acc_key}
 
     # --- the rule -------------------------------------------------------------------------------
-    def _delta_purity(self, epoch: int, purity: float) -> Optional[float]:
-        past = [p for e, p in self.purity_history if e <= epoch - self.window_epochs]
-        return None if not past else purity - past[-1]
-
     def update(self, epoch: int, obs: dict[str, Optional[float]]) -> Optional[dict[str, Any]]:
         """Advance the rule by one logged epoch; returns the transition made, if any.
 
@@ -117,51 +115,36 @@ class StageMonitor(Callback):
             obs: ``a_G``, ``independence``, ``purity``, ``coverage``, ``train_acc``, ``val_acc``
                 (None when not logged) and ``M`` (for chance level).
         """
-        a, purity = float(obs["a_G"]), float(obs["purity"])
-        dp = self._delta_purity(epoch, purity)
-        self.purity_history.append((epoch, purity))
-        self.purity_history = [(e, p) for e, p in self.purity_history if e >= epoch - 2 * self.window_epochs]
-        self.peak_align = max(self.peak_align, a)
-        val, cov = obs.get("val_acc"), float(obs["coverage"])
-        chance = 1.0 / float(obs.get("M") or math.inf)
+        o = Observation(epoch=epoch, a_G=float(obs["a_G"]), independence=float(obs["independence"]),
+                        purity=float(obs["purity"]), coverage=float(obs["coverage"]),
+                        train_acc=obs.get("train_acc"), val_acc=obs.get("val_acc"), M=obs.get("M"))
         before = self.stage
-        new = before
-        if before == "done":
+        self.stage, self.memory = next_stage(before, o, self.memory, self.thresholds)
+        if self.stage == before:
             return None
-        if cov >= self.done_coverage and (val is None or val >= self.done_val_acc):
-            new = "done"
-        elif before == "stalled":
-            if dp is not None and dp >= self.purity_flat and a > self.stall_align * self.peak_align:
-                new = self.resume_stage or "independent"
-        elif (self.peak_align >= self.align_high and a <= self.stall_align * self.peak_align
-              and dp is not None and abs(dp) < self.purity_flat):
-            new, self.resume_stage = "stalled", before
-        elif before == "lazy":
-            if (obs["train_acc"] is not None and obs["train_acc"] >= self.fit_train_acc
-                    and a >= self.align_high and obs["independence"] <= self.independence_max):
-                new = "independent"
-        elif before == "independent":
-            mattering = cov > 0 or (val is not None and val >= chance + self.generalization_gain * (1 - chance))
-            rising = dp is not None and dp >= self.purity_flat
-            if a <= self.align_drop * self.peak_align and rising and mattering:
-                new = "interactive"
-        if new == before:
-            return None
-        self.stage = new
-        t = {"epoch": epoch, "from": before, "to": new, "peak_a_G": self.peak_align,
+        dp = self.memory.delta_purity
+        t = {"epoch": epoch, "from": before.label, "to": self.stage.label, "peak_a_G": self.memory.peak_a_G,
              "delta_purity": dp if dp is not None else float("nan"),
              **{k: (float(v) if v is not None else float("nan")) for k, v in obs.items() if k != "M"}}
         self.transitions.append(t)
         return t
 
     # --- hooks ----------------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        sh.epoch_start(trainer, pl_module, sh.due(trainer, self.every_n_epochs))
-
-    def _observe(self, trainer: Trainer, s: "sh.Snapshot") -> dict[str, Optional[float]]:
+    def _observe(self, trainer: Trainer, s: Snapshot) -> dict[str, Optional[float]]:
         cm = trainer.callback_metrics
-        train_acc = float(cm[self.train_acc_key]) if self.train_acc_key in cm else s.train_acc
-        val_acc = float(cm[self.val_acc_key]) if self.val_acc_key in cm else None
+        if self.train_acc_key in cm:
+            train_acc = float(cm[self.train_acc_key])
+        else:
+            warn_missing_key(self, self._warned, trainer, "train_acc_key", self.train_acc_key,
+                             "train accuracy is computed from the probe instead (one more product)")
+            train_acc = s.train_acc
+        val_acc = None
+        if self.val_acc_key in cm:
+            val_acc = float(cm[self.val_acc_key])
+        else:
+            warn_missing_key(self, self._warned, trainer, "val_acc_key", self.val_acc_key,
+                             "rule 1 (done) then uses coverage alone and rule 4 (interactive) coverage "
+                             "alone as the sign that the features matter")
         covered = s.covered(self.purity_threshold)
         B = covered.shape[0]
         return {"a_G": s.a_G, "independence": s.independence(self.independence_nodes),
@@ -169,26 +152,35 @@ class StageMonitor(Callback):
                 "coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
                 "train_acc": train_acc, "val_acc": val_acc, "M": float(s.M)}
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if sh.due(trainer, self.every_n_epochs):
-            s = sh.snapshot(trainer, pl_module)
-            epoch = trainer.current_epoch
-            transition = self.update(epoch, self._observe(trainer, s))
-            if trainer.world_size > 1:  # rank zero's decision holds everywhere, even if logged metrics differ
-                state = trainer.strategy.broadcast((transition, self.state_dict()), src=0)
-                transition = state[0]
-                self.load_state_dict(state[1])
-            m = {"stage/index": float(STAGE_INDEX[self.stage])}
-            if transition is not None:
-                m[f"stage/{self.stage}_epoch"] = float(epoch)
-                for k in ("a_G", "independence", "purity", "coverage", "train_acc", "val_acc", "peak_a_G",
-                          "delta_purity"):
-                    m[f"stage/{self.stage}/{k}"] = float(transition[k])
-            sh.emit(trainer, m)
-            if transition is not None and trainer.is_global_zero:
+    @override
+    def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
+        epoch = trainer.current_epoch
+        transition = self.update(epoch, self._observe(trainer, s))
+        if trainer.world_size > 1:  # rank zero's decision holds everywhere, even if logged metrics differ
+            state = trainer.strategy.broadcast((transition, self.extra_state()), src=0)
+            transition = state[0]
+            self.load_extra_state(state[1])
+        m = {"stage/index": float(self.stage)}
+        if transition is not None:
+            m[f"stage/{self.stage.label}_epoch"] = float(epoch)
+            for k in ("a_G", "independence", "purity", "coverage", "train_acc", "val_acc", "peak_a_G",
+                      "delta_purity"):
+                m[f"stage/{self.stage.label}/{k}"] = float(transition[k])
+            self._new_transition = True
+        return m
+
+    @override
+    def media(self, trainer: Trainer, s: Snapshot) -> None:
+        if getattr(self, "_new_transition", False):
+            self._new_transition = False
+            if trainer.is_global_zero:
                 self._record(trainer)
-        pl_module.log("stage", float(STAGE_INDEX[self.stage]), prog_bar=True, logger=False,
-                      on_step=False, on_epoch=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            log_scalars(pl_module, {"stage": float(self.stage)}, prog_bar=True, logger=False)
 
     _COLUMNS = ("epoch", "from", "to", "a_G", "peak_a_G", "independence", "purity", "delta_purity",
                 "coverage", "train_acc", "val_acc")
@@ -196,8 +188,8 @@ class StageMonitor(Callback):
     def _record(self, trainer: Trainer) -> None:
         """Transition table and summary to W&B, or a CSV file next to the run."""
         rows = [[t.get(c) for c in self._COLUMNS] for t in self.transitions]
-        if sh.has_wandb(trainer):
-            wandb = sh.require_wandb()
+        if has_wandb(trainer):
+            wandb = require_wandb()
             from lightning.pytorch.loggers import WandbLogger
 
             for lg in trainer.loggers:
@@ -206,22 +198,28 @@ class StageMonitor(Callback):
                                        "trainer/global_step": trainer.global_step})
                     for t in self.transitions:
                         lg.experiment.summary[f"stage/{t['to']}_epoch"] = t["epoch"]
-                    lg.experiment.summary["stage/current"] = self.stage
-        if sh.needs_files(trainer):
-            path = os.path.join(sh.media_dir(trainer), "stages.csv")
+                    lg.experiment.summary["stage/current"] = self.stage.label
+        if needs_files(trainer):
+            path = os.path.join(media_dir(trainer), "stages.csv")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(self._COLUMNS)
                 w.writerows(rows)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "peak_align": self.peak_align, "resume_stage": self.resume_stage,
-                "purity_history": list(self.purity_history), "transitions": [dict(t) for t in self.transitions]}
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        mem = self.memory
+        return {"stage": self.stage.label, "peak_align": mem.peak_a_G,
+                "resume_stage": mem.resume.label if mem.resume is not None else None,
+                "purity_history": [list(p) for p in mem.purity_history],
+                "transitions": [dict(t) for t in self.transitions]}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.stage = state_dict.get("stage", "lazy")
-        self.peak_align = state_dict.get("peak_align", -math.inf)
-        self.resume_stage = state_dict.get("resume_stage")
-        self.purity_history = [tuple(p) for p in state_dict.get("purity_history", [])]
-        self.transitions = [dict(t) for t in state_dict.get("transitions", [])]
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.stage = Stage.from_label(state.get("stage", "lazy"))
+        resume = state.get("resume_stage")
+        self.memory = replace(Memory(), peak_a_G=state.get("peak_align", Memory().peak_a_G),
+                              resume=Stage.from_label(resume) if resume is not None else None,
+                              purity_history=tuple((int(e), float(p)) for e, p in state.get("purity_history", [])))
+        self.transitions = [dict(t) for t in state.get("transitions", [])]

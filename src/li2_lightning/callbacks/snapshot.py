@@ -1,35 +1,40 @@
-"""What the Li2 callbacks share: one snapshot of the network per logged epoch, and the logging path.
+"""The per-epoch snapshot the Li2 callbacks share, and the cache that hands it out.
 
-Every Li2 callback due at an epoch calls :func:`prepare` in ``on_train_epoch_start`` and
-:func:`snapshot` in ``on_train_epoch_end``. The first call of an epoch does the work; the others
-reuse it, so four callbacks cost one set of computations.
+Which parameters an epoch's diagnostics describe: those the epoch's training step saw. The first
+due callback at ``on_train_epoch_start`` makes the :class:`SnapshotCache` copy W and V (cheap:
+2M·K + K·M numbers) and, when the module exposes a :class:`~li2_lightning.hooks.HookPoint`
+``hook_F``, attach a capture to it for this epoch's step. At ``on_train_epoch_end`` the first
+callback to ask builds the :class:`Snapshot`: from the captured F and ∂L/∂F when there was
+exactly one full-batch training pass, else (no hook point, minibatches, DDP, where a rank sees
+only its shard) F and G_F are recomputed from the copies on the full training set held by the
+probe, identically on every rank. Every other callback gets the same object. This matches
+Li2Module's ``train/acc`` (at the parameters the step saw); ``val/acc`` is taken after the step.
 
-Which parameters an epoch's diagnostics describe: those the epoch's training step saw. ``prepare``
-copies W and V before the step (cheap: 2M·K + K·M numbers) and asks a module that supports it to
-keep F and G_F of the step (``li2_capture``). At the end of the epoch, the captured F and G_F are
-used with those copies, or, when the module captured nothing or under DDP (each rank captured
-only its shard), F and G_F are recomputed from the copies on the full training set held by the
-probe, identically on every rank. This matches Li2Module's ``train/acc`` (taken at the parameters
-the step saw); ``val/acc`` is evaluated after the step.
+The cache belongs to the callbacks of one Trainer (shared in ``setup``, see
+:class:`~li2_lightning.callbacks.base.Li2Callback`): no module-global state, no flags set on
+the model, and the callbacks may run in any order.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import weakref
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 
 from li2_lightning.analysis import energy as en
 from li2_lightning.analysis import features as ft
 from li2_lightning.analysis import gradients as gr
 from li2_lightning.analysis.irreps import RealIrrepBasis, fourier_blocks, real_blocks
+from li2_lightning.hooks import Capture, HookPoint
 from li2_lightning.probe import Li2Probe
+
+HOOK_NAME = "hook_F"
+
+# precisions whose backward passes an unscaled gradient to the hook (16-mixed scales the loss)
+_UNSCALED = ("32-true", "64-true", "bf16-mixed", "bf16-true", "transformer-engine")
 
 
 def get_probe(pl_module: LightningModule) -> Li2Probe:
@@ -42,54 +47,64 @@ def get_probe(pl_module: LightningModule) -> Li2Probe:
     return fn()
 
 
-@dataclass
-class _EpochState:
-    epoch: int
-    W_pre: Optional[torch.Tensor] = None
-    V_pre: Optional[torch.Tensor] = None
-    snap: Optional["Snapshot"] = None
+def find_hook_point(pl_module: LightningModule) -> Optional[HookPoint]:
+    """The module's ``hook_F`` hook point, or None (the callbacks then recompute F and G_F)."""
+    point = getattr(pl_module, HOOK_NAME, None)
+    return point if isinstance(point, HookPoint) else None
 
 
-_STATE: "weakref.WeakKeyDictionary[Trainer, _EpochState]" = weakref.WeakKeyDictionary()
+class SnapshotCache:
+    """One :class:`Snapshot` per (trainer, epoch), shared by the Li2 callbacks of a Trainer."""
 
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = weakref.ref(trainer)
+        self._clear()
 
-def prepare(trainer: Trainer, pl_module: LightningModule) -> None:
-    """Copy W, V before this epoch's step and ask the module to capture F and G_F (idempotent)."""
-    st = _STATE.get(trainer)
-    if st is not None and st.epoch == trainer.current_epoch and st.W_pre is not None:
-        return
-    probe = get_probe(pl_module)
-    _STATE[trainer] = _EpochState(trainer.current_epoch, probe.W.detach().clone(), probe.V.detach().clone())
-    if hasattr(pl_module, "li2_capture"):
-        pl_module.li2_capture = True
+    def serves(self, trainer: Trainer) -> bool:
+        return self._trainer() is trainer
 
+    def _clear(self) -> None:
+        if getattr(self, "_capture", None) is not None:
+            self._capture.remove()
+        self._epoch: Optional[int] = None
+        self._W: Optional[torch.Tensor] = None
+        self._V: Optional[torch.Tensor] = None
+        self._capture: Optional[Capture] = None
+        self._snap: Optional[Snapshot] = None
 
-def release(trainer: Trainer) -> None:
-    """Drop an earlier epoch's snapshot (its F and G_F are n × K each) at a non-logged epoch."""
-    st = _STATE.get(trainer)
-    if st is not None and st.epoch != trainer.current_epoch:
-        del _STATE[trainer]
-
-
-def epoch_start(trainer: Trainer, pl_module: LightningModule, due_now: bool) -> None:
-    """What every Li2 callback does in ``on_train_epoch_start``: prepare if due, else release."""
-    if due_now:
-        prepare(trainer, pl_module)
-    else:
-        release(trainer)
-
-
-def snapshot(trainer: Trainer, pl_module: LightningModule) -> "Snapshot":
-    """The epoch's :class:`Snapshot`, built on the first call of the epoch."""
-    st = _STATE.get(trainer)
-    if st is None or st.epoch != trainer.current_epoch:
-        st = _STATE[trainer] = _EpochState(trainer.current_epoch)
-    if st.snap is None:
+    def epoch_start(self, trainer: Trainer, pl_module: LightningModule, due_now: bool) -> None:
+        """Prepare this epoch if a callback is due (idempotent), else drop an earlier epoch's snapshot."""
+        epoch = trainer.current_epoch
+        if self._epoch == epoch and (self._W is not None or not due_now):
+            return
+        self._clear()
+        if not due_now:
+            return
         probe = get_probe(pl_module)
-        if hasattr(pl_module, "li2_capture"):
-            pl_module.li2_capture = False
-        st.snap = Snapshot(probe, st.W_pre, st.V_pre, trainer.world_size)
-    return st.snap
+        self._epoch, self._W, self._V = epoch, probe.W.detach().clone(), probe.V.detach().clone()
+        point = find_hook_point(pl_module)
+        if point is not None and trainer.world_size == 1 and str(trainer.precision) in _UNSCALED:
+            self._capture = point.capture()
+
+    def snapshot(self, trainer: Trainer, pl_module: LightningModule) -> "Snapshot":
+        """The epoch's snapshot, built on the first call of the epoch."""
+        if self._epoch != trainer.current_epoch:  # not prepared: describes the parameters after the step
+            self._clear()
+            self._epoch = trainer.current_epoch
+        if self._snap is None:
+            probe = get_probe(pl_module)
+            F = dL_dF = None
+            cap, self._capture = self._capture, None
+            if cap is not None:
+                cap.remove()
+                if cap.calls == 1 and cap.grad is not None and cap.value.shape[0] == probe.y.shape[0]:
+                    F, dL_dF = cap.value, cap.grad
+            self._snap = Snapshot(probe, self._W, self._V, F, dL_dF)
+        return self._snap
+
+    def close(self) -> None:
+        """Drop everything and detach from the hook point (end of fit)."""
+        self._clear()
 
 
 @functools.lru_cache(maxsize=16)
@@ -98,13 +113,13 @@ def _cyclic_basis(M: int) -> RealIrrepBasis:
 
 
 class Snapshot:
-    """Lazily computed observables of one state of the network (see the module docstring).
+    """Lazily computed observables of the network as one epoch's step saw it (docs/theory.md §6).
 
     Attributes are computed on first access and kept; all heavy ones are opt-in.
     """
 
-    def __init__(self, probe: Li2Probe, W_pre: Optional[torch.Tensor], V_pre: Optional[torch.Tensor],
-                 world_size: int = 1) -> None:
+    def __init__(self, probe: Li2Probe, W_pre: Optional[torch.Tensor] = None, V_pre: Optional[torch.Tensor] = None,
+                 F: Optional[torch.Tensor] = None, dL_dF: Optional[torch.Tensor] = None) -> None:
         self.probe = probe
         self.M = int(probe.M)
         self.x, self.y = probe.x, probe.y
@@ -112,11 +127,11 @@ class Snapshot:
         self.W = (probe.W if W_pre is None else W_pre).detach()
         self.V = (probe.V if V_pre is None else V_pre).detach()
         self.W_post, self.V_post = probe.W.detach(), probe.V.detach()
-        # captured F, G_F belong to the pre-step parameters; use them only when we hold those
-        ok = probe.F is not None and probe.G_F is not None and W_pre is not None and world_size == 1
+        # a captured F, ∂L/∂F belong to the pre-step parameters; use them only when we hold those
+        ok = F is not None and dL_dF is not None and W_pre is not None
         self.captured = bool(ok)
-        self._F = probe.F.detach() if ok else None
-        self._G_F = probe.G_F.detach() if ok else None
+        self._F = F.detach() if ok else None
+        self._dL_dF = dL_dF.detach() if ok else None
         self._independence: dict[int, float] = {}
         self._covered: dict[float, torch.Tensor] = {}
 
@@ -132,8 +147,8 @@ class Snapshot:
     @functools.cached_property
     def G_F(self) -> torch.Tensor:
         """(n, K) −∂L/∂F of the whole-train-set loss."""
-        if self._G_F is not None:
-            return self._G_F
+        if self._dL_dF is not None:
+            return -self._dL_dF
         with torch.no_grad():
             return gr.G_F_closed_form(self.F, self.V.to(self.F.dtype), self.y, self.probe.loss,
                                       self.probe.output_scale)
@@ -243,80 +258,3 @@ class Snapshot:
         """(K,) E(w_j/‖w_j‖) on the training rows, float64."""
         with torch.no_grad():
             return en.normalized_energy(self.W, self.x, self.y, self.probe.activation, F=self.F, S=self.S)
-
-
-def due(trainer: Trainer, every_n_epochs: int) -> bool:
-    """Whether a callback with this cadence acts at the current epoch (never in sanity checks).
-
-    Due at epochs 0, n, 2n, ... and at the last epoch of ``max_epochs``. 0 disables.
-    """
-    if trainer.sanity_checking or every_n_epochs <= 0:
-        return False
-    e = trainer.current_epoch
-    last = trainer.max_epochs is not None and trainer.max_epochs > 0 and e == trainer.max_epochs - 1
-    return e % every_n_epochs == 0 or last
-
-
-def check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    """ValueError naming ``name`` unless value is an int ≥ 1 (≥ 0 with ``allow_zero``)."""
-    lo = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        extra = " (0 disables)" if allow_zero else ""
-        raise ValueError(f"{name}={value!r} is not accepted; accepted: an integer >= {lo}{extra}")
-
-
-def check_unit(name: str, value: Any, lo_open: bool = False) -> None:
-    """ValueError naming ``name`` unless value is a number in [0, 1] ((0, 1] with ``lo_open``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        (0 < value <= 1) if lo_open else (0 <= value <= 1))
-    if not ok:
-        rng = "(0, 1]" if lo_open else "[0, 1]"
-        raise ValueError(f"{name}={value!r} is not accepted; accepted: a number in {rng}")
-
-
-def has_wandb(trainer: Trainer) -> bool:
-    return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
-
-def needs_files(trainer: Trainer) -> bool:
-    """Whether media should go to PNG files: there is a logger other than W&B (none: no files)."""
-    return any(not isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
-
-def media_dir(trainer: Trainer) -> str:
-    """Folder for PNG media: ``<log_dir>/li2`` of the first non-W&B logger (``<default_root_dir>/li2``
-    if it has no folder)."""
-    for lg in trainer.loggers:
-        if not isinstance(lg, WandbLogger):
-            d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
-            if d:
-                return os.path.join(d, "li2")
-    return os.path.join(trainer.default_root_dir, "li2")
-
-
-def emit(trainer: Trainer, scalars: dict[str, float], wandb_media: Optional[dict] = None) -> None:
-    """Log ``scalars`` (plus W&B-only media) once per logger, from rank zero.
-
-    W&B gets one ``experiment.log`` row holding the scalars and media; other loggers one
-    ``log_metrics`` call. ``epoch`` is added so rows can be keyed by epoch.
-    """
-    if not trainer.is_global_zero:
-        return
-    step = trainer.global_step
-    scalars = {**scalars, "epoch": float(trainer.current_epoch)}
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.log({**scalars, **(wandb_media or {}), "trainer/global_step": step})
-        else:
-            lg.log_metrics(scalars, step=step)
-
-
-def require_wandb():
-    """Import wandb, or say how to get it (the W&B media and tables need it)."""
-    try:
-        import wandb
-    except ImportError as err:  # pragma: no cover - wandb is a dependency of the package
-        raise ModuleNotFoundError(
-            "the Li2 callbacks' W&B histograms, images and tables need wandb: `pip install wandb`, "
-            "or use a logger other than WandbLogger (images are then written as PNG files)") from err
-    return wandb
