@@ -1,4 +1,4 @@
-"""Shared test set-up: one torch thread (2-core machine), W&B never online."""
+"""Shared test set-up: one torch thread (2-core machine), W&B never online, runs outside the checkout."""
 
 import os
 
@@ -23,3 +23,11 @@ def _finish_wandb_runs():
 
     if wandb.run is not None:
         wandb.finish()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_outside_the_checkout(tmp_path_factory):
+    """CLI runs (in-process and subprocesses) put their run folders under a pytest temp dir, not runs/."""
+    os.environ["LI2_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    os.environ.pop("LI2_RUNS_DIR", None)

@@ -22,6 +22,18 @@ def test_bundle_entries_instantiate(path):
         importlib.import_module(module).__dict__[name](**entry.get("init_args", {}))
 
 
+@pytest.mark.parametrize("path", BUNDLES, ids=os.path.basename)
+def test_bundle_states_only_what_differs_from_the_defaults(path):
+    import importlib
+    import inspect
+
+    for entry in yaml.safe_load(open(path))["trainer"]["callbacks+"]:
+        module, name = entry["class_path"].rsplit(".", 1)
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        for key, value in entry.get("init_args", {}).items():
+            assert value != params[key].default, f"{name}.{key}={value!r} restates the default"
+
+
 def test_cli_run_with_bundle_keeps_the_configs_callbacks(tmp_path):
     from li2_lightning.cli import run_cli
     from li2_lightning.progress import EpochProgressBar

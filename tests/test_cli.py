@@ -1,17 +1,23 @@
+"""The CLI: dispatch, validation at the boundary, W&B mode choice, SIGTERM, the offline W&B run."""
+
 import glob
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import wandb
 
-from li2_lightning.cli import choose_wandb_mode, run_cli
+from li2_lightning.cli import main, run_cli
+from li2_lightning.wandb_mode import choose_wandb_mode
 from li2_lightning.wandb_offline import read_config, read_history
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.yaml")))
+DEFAULT = str(ROOT / "configs" / "default.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -19,12 +25,23 @@ def _no_pytest_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["li2"])  # LightningCLI also looks at sys.argv
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[Path(c).stem for c in CONFIGS])
-def test_every_config_runs_a_fast_dev_run(config, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # configs write under runs/
-    cli = run_cli(["fit", "--config", config, "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu"])
-    assert cli.trainer.global_step >= 1
-    assert cli.model.hparams.M == cli.datamodule.M  # linked from the data
+class SigtermAt(pl.Callback):
+    """Send this process SIGTERM at the end of epoch ``epoch`` (what a preempting scheduler does)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _env(tmp_path, **extra):
+    """A child environment with W&B's mode, key and netrc cleared, and tests/ importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), **extra)
+    return env
 
 
 def test_print_config_shows_the_linked_settings(capsys):
@@ -44,22 +61,24 @@ def test_print_config_shows_the_linked_settings(capsys):
     (["--model.activation", "tanh"], "activation='tanh'"),
     (["--model.loss", "hinge"], "loss='hinge'"),
     (["--torch_threads", "0"], "torch_threads=0"),
+    (["--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "10"],
+     r"--lr_scheduler is not used.*--model.scheduler"),
+    (["--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.1"], r"--optimizer is not used.*--model.optimizer"),
 ])
 def test_bad_input_fails_before_any_run_directory_is_written(args, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LI2_RUNS_DIR", str(tmp_path / "runs"))
     with pytest.raises(ValueError, match=match):
-        run_cli(["fit", "--config", str(ROOT / "configs" / "default.yaml"), *args])
+        run_cli(["fit", "--config", DEFAULT, *args])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_wandb_offline_run_is_written_and_read_back(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    # an absolute save_dir: wandb's service process may have been started by an earlier test in
-    # another working directory, and it resolves relative paths against its own
-    run_cli(["fit", "--config", str(ROOT / "configs" / "default.yaml"), "--trainer.max_epochs", "4",
-             "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs" / "default")])
+    monkeypatch.setenv("LI2_RUNS_DIR", str(tmp_path))
+    cli = run_cli(["fit", "--config", DEFAULT, "--trainer.max_epochs", "4", "--trainer.accelerator", "cpu"])
     wandb.finish()  # flush the buffered tail of the run file
-    [run_dir] = glob.glob(str(tmp_path / "runs" / "default" / "wandb" / "offline-run-*"))
+    assert cli.run_dir.parent == tmp_path / "default"
+    [run_dir] = glob.glob(str(cli.run_dir / "wandb" / "offline-run-*"))
     history = read_history(run_dir)
     by_epoch = {}
     for row in history:
@@ -78,22 +97,87 @@ def test_wandb_offline_run_is_written_and_read_back(tmp_path, monkeypatch):
 def test_wandb_goes_offline_without_a_key_and_keeps_a_chosen_mode(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
-    assert "no W&B API key" in choose_wandb_mode()
+    assert "no W&B API key for api.wandb.ai" in choose_wandb_mode()
     assert os.environ["WANDB_MODE"] == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert choose_wandb_mode() is None and os.environ["WANDB_MODE"] == "disabled"
 
 
+def test_wandb_base_url_names_the_host_to_probe_and_the_netrc_entry(monkeypatch, tmp_path):
+    """A self-hosted server (here a socket listening on the loopback): its key and its reachability count."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password k1\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert "no W&B API key for 127.0.0.1" in choose_wandb_mode()  # the public host's key does not count
+
+    netrc.write_text("machine 127.0.0.1 login user password k2\n")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert choose_wandb_mode() is None and "WANDB_MODE" not in os.environ  # key and server: online
+
+    server.close()
+    assert f"127.0.0.1:{port} cannot be reached" in choose_wandb_mode()
+
+
+def test_wandb_line_only_with_a_wandb_logger(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run_cli(["fit", "--config", DEFAULT, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--model.K", "16"])
+    err = capsys.readouterr().err
+    assert "W&B" not in err and "WANDB_MODE" not in os.environ
+
+
+def test_help_names_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    for word in ("fit", "validate", "test", "predict", "li2 sweep", "li2 report"):
+        assert word in out
+
+
+def test_report_and_sweep_import_without_the_lightning_cli():
+    code = ("import sys, li2_lightning.report, li2_lightning.sweep; "
+            "assert 'li2_lightning.cli' not in sys.modules, 'report/sweep import the CLI'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_train_py_runs_from_the_command_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"))
+    env = _env(tmp_path)
+    env.pop("LI2_RUNS_DIR", None)  # the users' default: runs/ in the current directory
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "default.yaml"),
-         "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu"],
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", DEFAULT, "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    [run_dir] = (tmp_path / "runs" / "default").iterdir()
     assert "W&B runs offline: no W&B API key" in result.stderr
-    assert "W&B run (offline) written to runs/default/wandb/offline-run-" in result.stdout
-    assert (tmp_path / "runs" / "default").is_dir()
+    assert "args parameter" not in result.stderr  # main() lets LightningCLI read the command line itself
+    assert f"W&B run (offline) written to {run_dir}/wandb/offline-run-" in result.stdout
+    assert result.stdout.count(f"li2: run folder {run_dir}") == 2  # at the start and at the end
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_sigterm_ends_the_run_with_a_nonzero_status(tmp_path):
+    config = tmp_path / "sigterm.yaml"
+    config.write_text("trainer:\n  callbacks+:\n    - class_path: test_cli.SigtermAt\n      init_args:\n"
+                      "        epoch: 1\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", DEFAULT, "--config", str(config),
+         "--trainer.logger", "false", "--trainer.accelerator", "cpu", "--model.K", "16"],
+        cwd=tmp_path, env=_env(tmp_path, WANDB_MODE="disabled"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, (result.returncode, result.stderr[-2000:])
+    assert "stopped by SIGTERM" in result.stderr

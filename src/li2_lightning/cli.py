@@ -1,59 +1,90 @@
-"""The Lightning CLI for li2_lightning (``python train.py`` and the ``li2`` console script)."""
+"""The command line: ``li2`` and ``python train.py``.
+
+``main`` only dispatches: ``fit``/``validate``/``test``/``predict`` go to the Lightning CLI below,
+``sweep`` to :mod:`li2_lightning.sweep` and ``report`` to :mod:`li2_lightning.report`.
+
+The Lightning CLI loads ``configs/base.yaml`` before any ``--config`` (an experiment file states only
+what differs from it), gives each run its own folder ``runs/<experiment>/<date-time>/`` (root:
+``$LI2_RUNS_DIR``, else ``runs`` in the current directory; ``--trainer.default_root_dir DIR`` makes DIR
+the run folder itself), and turns a SIGTERM into exit status 143 once Lightning has stopped the run.
+"""
 
 from __future__ import annotations
 
-import netrc
+import importlib
 import os
-import socket
 import sys
-from typing import Optional
+import time
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from li2_lightning.data import GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
+from li2_lightning.wandb_mode import choose_wandb_mode
 
-WANDB_HOST = "api.wandb.ai"
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
+RUNS_DIR_ENV = "LI2_RUNS_DIR"
+# DDP (strategy=ddp) re-runs this script once per extra rank; rank 0 passes its run folder down as
+# "<pid>:<path>" so that every rank writes into the same one, whatever the clock says
+_RUN_DIR_ENV = "_LI2_RUN_DIR"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DESCRIPTION = ("Li2 grokking experiments. Lightning subcommands: fit, validate, test, predict "
+               "(`li2 fit --config configs/fig3.yaml`). Also: `li2 sweep FILE` runs a sweep of "
+               "populations, `li2 report RESULTS.jsonl` renders its figures (`li2 sweep --help`, "
+               "`li2 report --help`).")
+SIGTERM_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
 
-
-def _has_wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def _wandb_reachable(timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection((WANDB_HOST, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+_print0 = rank_zero_only(print)
 
 
-def choose_wandb_mode() -> Optional[str]:
-    """Set WANDB_MODE=offline when W&B has no API key or its server cannot be reached.
+def _class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
-    A mode the user set is kept. Returns the reason for going offline, or None.
+
+def _is(entry: Any, base: type) -> bool:
+    """Whether a parsed ``class_path``/``init_args`` entry names a subclass of ``base``."""
+    class_path = getattr(entry, "class_path", None)
+    return isinstance(class_path, str) and issubclass(_class(class_path), base)
+
+
+def _entries(value: Any) -> list:
+    """A logger or callbacks setting as a list of class_path entries (False/None: none)."""
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def choose_run_dir(experiment: str, root: Optional[str] = None) -> Path:
+    """A fresh folder ``<root>/<experiment>/<YYYYmmdd-HHMMSS>[-n]`` (not created here).
+
+    ``root`` defaults to ``$LI2_RUNS_DIR``, else ``runs`` in the current directory. A DDP child
+    process gets its rank zero's folder instead.
     """
-    if os.environ.get("WANDB_MODE"):
-        return None
-    if not _has_wandb_key():
-        reason = "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
-    elif not _wandb_reachable():
-        reason = "the W&B server cannot be reached"
-    else:
-        return None
-    os.environ["WANDB_MODE"] = "offline"
-    return reason
+    inherited = os.environ.get(_RUN_DIR_ENV, "")
+    pid, _, path = inherited.partition(":")
+    if path and pid == str(os.getppid()) and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(path)
+    root = Path(root or os.environ.get(RUNS_DIR_ENV) or "runs").resolve()
+    stamp = root / experiment / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = stamp, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = stamp.with_name(f"{stamp.name}-{n}")
+    return run_dir
 
 
 class Li2CLI(LightningCLI):
-    """LightningCLI with the data's group order linked to the model's M, and W&B set up."""
+    """LightningCLI with the data's group order linked to the model's M, a folder per run, and W&B set up."""
+
+    run_dir: Optional[Path] = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.M", "model.M", apply_on="instantiate")
@@ -61,15 +92,81 @@ class Li2CLI(LightningCLI):
             "--torch_threads", type=Optional[int], default=None,
             help="torch CPU threads for this process (default: torch's choice). 1 is fastest for "
                  "small nets or when other processes share the cores; DDP sets 1 per rank.")
+        parser.add_argument(
+            "--experiment", type=str, default="li2",
+            help="experiment name: the run folder is <runs root>/<experiment>/<date-time>, and the "
+                 "W&B run's name unless the logger sets one")
 
     def before_instantiate_classes(self) -> None:
-        threads = self.config.get(self.subcommand, self.config).get("torch_threads")
+        cfg = self.config.get(self.subcommand, self.config)
+        threads = cfg.get("torch_threads")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"torch_threads={threads!r} is not accepted; accepted: an integer >= 1")
             torch.set_num_threads(threads)
+        for flag, where in (("lr_scheduler", "--model.scheduler"), ("optimizer", "--model.optimizer")):
+            if cfg.get(flag) is not None:
+                raise ValueError(
+                    f"--{flag} is not used by Li2Module (LightningCLI would replace its configure_optimizers "
+                    f"and lose the parameter names Muon needs); give it as {where}, e.g. {where} "
+                    + ("torch.optim.lr_scheduler.CosineAnnealingLR --model.scheduler.T_max 300"
+                       if flag == "lr_scheduler" else "torch.optim.Adam --model.optimizer.lr 0.001"))
+        self._drop_disabled_callbacks(cfg.trainer)
+        self._place_run(cfg)
+        loggers = _entries(cfg.trainer.get("logger"))
+        if not cfg.trainer.get("fast_dev_run") and any(_is(lg, WandbLogger) for lg in loggers):
+            reason = choose_wandb_mode()
+            if reason:
+                _print0(f"li2: W&B runs offline: {reason}", file=sys.stderr)
+
+    @staticmethod
+    def _drop_disabled_callbacks(trainer) -> None:
+        """Drop the config's checkpoint or progress-bar callbacks that a trainer flag switches off.
+
+        The base config lists them, and Lightning refuses ``enable_checkpointing=False`` or
+        ``enable_progress_bar=False`` next to such a callback; ``fast_dev_run`` writes no checkpoints.
+        """
+        callbacks = _entries(trainer.get("callbacks"))
+        no_ckpt = trainer.get("enable_checkpointing") is False or bool(trainer.get("fast_dev_run"))
+        no_bar = trainer.get("enable_progress_bar") is False
+        keep = [cb for cb in callbacks
+                if not (no_ckpt and _is(cb, ModelCheckpoint)) and not (no_bar and _is(cb, ProgressBar))]
+        if len(keep) != len(callbacks):
+            dropped = sorted({cb.class_path.rpartition(".")[2] for cb in callbacks if cb not in keep})
+            _print0(f"li2: the trainer flags switch off {', '.join(dropped)}: left out of this run", file=sys.stderr)
+            trainer.callbacks = keep
+        if trainer.get("fast_dev_run") and trainer.get("enable_checkpointing") is None:
+            trainer.enable_checkpointing = False
+
+    def _place_run(self, cfg) -> None:
+        """Put this run's config.yaml, checkpoints, logs and images in one folder of its own."""
+        trainer = cfg.trainer
+        if trainer.get("default_root_dir"):
+            self.run_dir = Path(trainer.default_root_dir).resolve()
+        else:
+            self.run_dir = choose_run_dir(cfg.get("experiment") or "li2")
+        os.environ[_RUN_DIR_ENV] = f"{os.getpid()}:{self.run_dir}"
+        trainer.default_root_dir = str(self.run_dir)
+        for logger in _entries(trainer.get("logger")):
+            args = logger.get("init_args")
+            if args is None:
+                continue
+            # absolute: W&B's service process resolves relative paths in its own working directory
+            if "save_dir" in args and args.save_dir in (None, "", "."):
+                args.save_dir = str(self.run_dir)
+            if _is(logger, WandbLogger) and args.get("name") is None:
+                args.name = cfg.get("experiment")
+        for cb in _entries(trainer.get("callbacks")):
+            if _is(cb, ModelCheckpoint) and cb.get("init_args") is not None and cb.init_args.get("dirpath") is None:
+                cb.init_args.dirpath = str(self.run_dir / "checkpoints")
+
+    def _announce(self) -> None:
+        _print0(f"li2: run folder {self.run_dir}")
+
+    before_validate = before_test = before_predict = _announce
 
     def before_fit(self) -> None:
+        self._announce()
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 # the W&B config gets model and data hparams by itself; add the rest
@@ -85,10 +182,12 @@ class Li2CLI(LightningCLI):
     def after_fit(self) -> None:
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
-                run = logger.experiment
                 mode = os.environ.get("WANDB_MODE", "online")
-                print(f"W&B run ({mode}) written to {os.path.dirname(run.dir)}"
+                print(f"W&B run ({mode}) written to {os.path.dirname(logger.experiment.dir)}"
                       + ("; upload it later with `wandb sync` on that folder" if mode == "offline" else ""))
+        self._announce()
+
+    after_validate = after_test = after_predict = _announce
 
 
 def _plain(value):
@@ -102,35 +201,39 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
-def run_cli(args: Optional[list[str]] = None) -> Li2CLI:
-    """Run the Lightning CLI on ``args`` (default: sys.argv[1:])."""
+def run_cli(args: Optional[list[str]] = None, base_config: Optional[Path] = BASE_CONFIG) -> Li2CLI:
+    """Run the Lightning CLI on ``args`` (None: the command line) with ``base_config`` loaded first."""
     # Late in training, values below ~1e-38 (subnormal floats) slowed CPU runs up to 40-fold
     torch.set_flush_denormal(True)
-    reason = choose_wandb_mode()
-    if reason:
-        print(f"li2: W&B runs offline: {reason}", file=sys.stderr)
+    common = {"parser_mode": "omegaconf"}
+    per_subcommand = dict(common, default_config_files=[str(base_config)] if base_config else [])
     return Li2CLI(
         Li2Module,
         GroupArithmeticDataModule,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={**common, "description": DESCRIPTION, **{s: per_subcommand for s in SUBCOMMANDS}},
         save_config_kwargs={"overwrite": True},
         args=args,
     )
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point.
+    """Console entry point: ``li2 {fit,validate,test,predict,sweep,report} ...``.
 
-    ``li2 fit --config configs/default.yaml`` is the same as ``python train.py fit ...``;
-    ``li2 sweep FILE`` runs a sweep and ``li2 report RESULTS`` renders its figures.
+    Args:
+        argv: the arguments after the program name; None reads the command line.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "sweep":
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] == "sweep":
         from li2_lightning.sweep import main as sweep_main
 
-        return sweep_main(argv[1:])
-    if argv and argv[0] == "report":
+        return sweep_main(words[1:])
+    if words and words[0] == "report":
         from li2_lightning.report import main as report_main
 
-        return report_main(argv[1:])
-    run_cli(argv)
+        return report_main(words[1:])
+    try:
+        run_cli(argv)
+    except SIGTERMException:
+        # Lightning has stopped the loops and torn down; a zero status would read as a finished run
+        print(f"li2: stopped by SIGTERM; exit status {SIGTERM_STATUS}", file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)

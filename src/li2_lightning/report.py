@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from li2_lightning.data import P_STAR_C, critical_fraction
+from li2_lightning.wandb_mode import choose_wandb_mode
 
 SUCCESS_ACC = 0.9
 
@@ -313,8 +314,6 @@ def _log_wandb(figures: list[str], out: Path) -> None:
     except ImportError:
         print("li2 report: --wandb needs `pip install wandb`; figures were written only to disk", file=sys.stderr)
         return
-    from li2_lightning.cli import choose_wandb_mode
-
     choose_wandb_mode()  # offline when there is no key or no network, as `li2 fit` does
     run = wandb.init(project="li2", job_type="li2-report", dir=str(out))
     run.log({Path(f).stem: wandb.Image(f) for f in figures})
