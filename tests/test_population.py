@@ -10,7 +10,9 @@ from lightning.pytorch.loggers.logger import Logger
 
 from li2_lightning.data import GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
-from li2_lightning.population import PopulationModule, PopulationOptimizer, train_population
+from li2_lightning.optim import Muon
+from li2_lightning.population import (MemberSettings, OptimizerSpec, PopulationModule, PopulationOptimizer,
+                                       make_members, train_population)
 
 warnings.filterwarnings("ignore")
 
@@ -47,22 +49,44 @@ def _li2_run(group, K, seed, split_seed, train_fraction, opt, epochs, **model_kw
     return model, curves
 
 
-@pytest.mark.parametrize("rule", ["adam", "adamw"])
-def test_population_matches_separate_li2module_runs(rule):
+def _li2module_optimizer(spec, lr, wd, muon_lr):
+    """The optimizer a separate Li2Module run gets, built from torch and li2_lightning.optim directly."""
+    if spec.name == "muon":
+        return lambda p: Muon(p, lr=muon_lr, adam_lr=lr, weight_decay=wd, preset=spec.preset)
+    if spec.name == "sgd":
+        return lambda p: torch.optim.SGD(p, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0)
+    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return lambda p: cls(p, lr=lr, weight_decay=wd)
+
+
+# (optimizer, members): every optimizer and Muon preset Li2Module accepts; Muon's with per-member muon_lr
+CASES = [
+    (OptimizerSpec("adam"), 8),
+    (OptimizerSpec("adamw"), 8),
+    (OptimizerSpec("sgd", momentum=0.9), 4),
+    (OptimizerSpec("muon", preset="li2"), 4),
+    (OptimizerSpec("muon", preset="keller"), 4),
+    (OptimizerSpec("muon", preset="torch"), 4),  # bfloat16 Newton-Schulz, batched over members
+]
+
+
+@pytest.mark.parametrize("spec, S", CASES, ids=[c[0].preset if c[0].name == "muon" else c[0].name for c in CASES])
+def test_population_matches_separate_li2module_runs(spec, S):
     group, K, epochs = "Z11", 24, 25
-    seeds = list(range(8))
+    seeds = list(range(S))
     split_seeds = [10 + s for s in seeds]
-    fractions = [0.3, 0.5] * 4
-    wds = [0.0, 2e-4, 1e-3, 5e-3] * 2
-    lrs = [1e-2, 3e-3] * 4
-    pop = PopulationModule(group, K, seeds=seeds, split_seeds=split_seeds, train_fraction=fractions,
-                           lr=lrs, weight_decay=wds, optimizer=rule, analyze=False)
+    fractions = [0.3, 0.5] * (S // 2)
+    wds = [0.0, 2e-4, 1e-3, 5e-3] * (S // 4)
+    lrs = ([1e-2, 3e-3] if spec.name != "sgd" else [0.5, 0.2]) * (S // 2)
+    muon_lrs = [2e-2, 5e-2, 1e-2, 3e-2][:S] if spec.name == "muon" else None
+    members = make_members(seeds, split_seed=split_seeds, train_fraction=fractions, lr=lrs, weight_decay=wds,
+                           muon_lr=muon_lrs)
+    pop = PopulationModule(group, K, members=members, optimizer=spec, analyze=False)
     train_population(pop, epochs, accelerator="cpu")
     got = pop.lightning_metrics()
-    cls = torch.optim.Adam if rule == "adam" else torch.optim.AdamW
     for s in seeds:
-        model, ref = _li2_run(group, K, seeds[s], split_seeds[s], fractions[s],
-                              lambda p, s=s: cls(p, lr=lrs[s], weight_decay=wds[s]), epochs)
+        opt = _li2module_optimizer(spec, lrs[s], wds[s], muon_lrs[s] if muon_lrs else None)
+        model, ref = _li2_run(group, K, seeds[s], split_seeds[s], fractions[s], opt, epochs)
         for key, values in ref.items():
             torch.testing.assert_close(got[key][:, s], torch.tensor(values), atol=2e-5, rtol=2e-5,
                                        msg=lambda m: f"member {s}, {key}: {m}")
@@ -71,7 +95,7 @@ def test_population_matches_separate_li2module_runs(rule):
 
 
 def test_initial_members_equal_li2module_init():
-    pop = PopulationModule("Z7", 5, seeds=[3, 9], V_init_scale=[1.0, 0.0], analyze=False)
+    pop = PopulationModule("Z7", 5, members=make_members([3, 9], V_init_scale=[1.0, 0.0]), analyze=False)
     for s, (seed, scale) in enumerate([(3, 1.0), (9, 0.0)]):
         pl.seed_everything(seed, verbose=False)
         ref = Li2Module(K=5, M=7, V_init_scale=scale)
@@ -80,8 +104,8 @@ def test_initial_members_equal_li2module_init():
 
 def _grad_step(rule, lr, wd, W, V, steps=3, **kw):
     Wp, Vp = torch.nn.Parameter(W.clone()), torch.nn.Parameter(V.clone())
-    groups = [{"params": [Wp], "muon": True}, {"params": [Vp]}] if rule == "muon" else [{"params": [Wp, Vp]}]
-    opt = PopulationOptimizer(groups, rule, torch.tensor(lr), torch.tensor(wd), **kw)
+    groups = [{"params": [Wp], "use_muon": True}, {"params": [Vp]}] if rule == "muon" else [{"params": [Wp, Vp]}]
+    opt = PopulationOptimizer(groups, OptimizerSpec(rule, **kw), torch.tensor(lr), torch.tensor(wd))
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         Wp.grad = torch.randn(Wp.shape, generator=g)
@@ -95,7 +119,7 @@ def test_optimizer_members_match_reference(rule, momentum):
     torch.manual_seed(1)
     W, V = torch.randn(3, 6, 10), torch.randn(3, 10, 5)
     lrs, wds = [0.1, 0.02, 0.0], [0.0, 0.1, 0.3]
-    Wb, Vb = _grad_step(rule, lrs, wds, W, V, momentum=momentum)
+    Wb, Vb = _grad_step(rule, lrs, wds, W, V, momentum=momentum or None)
     g = torch.Generator().manual_seed(0)
     grads = [(torch.randn(W.shape, generator=g), torch.randn(V.shape, generator=g)) for _ in range(3)]
     for s in range(3):
@@ -103,7 +127,6 @@ def test_optimizer_members_match_reference(rule, momentum):
         if rule == "sgd":
             opts = [torch.optim.SGD([w, v], lr=lrs[s], weight_decay=wds[s], momentum=momentum)]
         else:
-            from li2_lightning.optim import Muon
             opts = [Muon([("W", w), ("V", v)], lr=lrs[s], weight_decay=wds[s], preset="li2")]
         for gw, gv in grads:
             w.grad, v.grad = gw[s].clone(), gv[s].clone()
@@ -113,7 +136,7 @@ def test_optimizer_members_match_reference(rule, momentum):
 
 
 def test_results_table_and_early_stop():
-    pop = PopulationModule("Z13", 64, seeds=[0, 1], train_fraction=0.6, lr=2e-2, weight_decay=5e-3,
+    pop = PopulationModule("Z13", 64, members=make_members([0, 1], train_fraction=0.6, lr=2e-2, weight_decay=5e-3),
                            stop_at_test_acc=0.99, check_every=10)
     rows = train_population(pop, 400, accelerator="cpu")
     assert len(rows) == 2
@@ -126,8 +149,16 @@ def test_results_table_and_early_stop():
 
 def test_rejects_bad_settings():
     with pytest.raises(ValueError, match="members"):
-        PopulationModule("Z7", 4, seeds=[0, 1], lr=[1e-3, 1e-3, 1e-3])
+        make_members([0, 1], lr=[1e-3, 1e-3, 1e-3])
     with pytest.raises(ValueError, match="optimizer"):
-        PopulationModule("Z7", 4, seeds=[0], optimizer="lion")
+        OptimizerSpec("lion")
+    with pytest.raises(ValueError, match="preset"):
+        OptimizerSpec("muon", preset="adam")
     with pytest.raises(ValueError, match="seeds"):
-        PopulationModule("Z7", 4, seeds=[])
+        make_members([])
+    with pytest.raises(ValueError, match="members"):
+        PopulationModule("Z7", 4, members=[])
+    with pytest.raises(ValueError, match="muon_lr"):
+        PopulationModule("Z7", 4, members=[MemberSettings(muon_lr=0.1)], optimizer=OptimizerSpec("adam"))
+    with pytest.raises(ValueError, match="lr"):
+        PopulationModule("Z7", 4, members=[MemberSettings(lr=-1.0)])

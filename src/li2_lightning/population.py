@@ -4,18 +4,20 @@ A sweep point of the Li2 experiments is tiny (one Z_M table, one 2M×K and one K
 them cannot keep a machine busy. :class:`PopulationModule` stacks S members of the same shape,
 W (S, 2M, K) and V (S, K, M), and trains them in one forward and backward per step:
 
-- every member has its own init seed, split seed, train size, learning rate, weight decay and
-  V init scale; its train and test rows are index lists into the M² table (padded to the largest
+- every member has its own :class:`MemberSettings` (init seed, split seed, train size, learning
+  rate, weight decay, Muon step, V init scale); its train and test rows are index lists into the M² table (padded to the largest
   member, with a 0/1 weight), so each step yields every member's train metrics (at the parameters
   the step saw) and test metrics from the same batched forward;
 - the loss is the sum of the members' losses, so member s's gradient is exactly the gradient of its
-  own loss; :class:`PopulationOptimizer` applies Adam (coupled L2), AdamW, SGD or Muon (on W, with
-  Adam on V) with per-member hyperparameters, so members never interact.
+  own loss; :class:`PopulationOptimizer` applies the :class:`OptimizerSpec` (Adam, AdamW, SGD, or
+  Muon on W with any preset and Adam or AdamW on V, exactly as ``Li2Module`` would be given it)
+  through :mod:`li2_lightning.functional.updates` with (S,) hyperparameters, so members never
+  interact. The forward and losses are :mod:`li2_lightning.functional.model`'s with a member dim.
 
 Member s is initialised exactly as ``Li2Module`` is under ``seed_everything(seed_s)`` (the global
 RNG seeded, then ``TwoLayerNet`` drawn, W first), and its metrics follow ``Li2Module``'s timing:
 ``train/acc`` at epoch e is measured at θ_e (before step e), ``val/acc`` at θ_{e+1}.
-``tests/test_population.py`` checks that 8 members match 8 separate ``Li2Module`` runs.
+``tests/test_population.py`` checks members against separate ``Li2Module`` runs for every optimizer.
 
 Per-member results (:meth:`PopulationModule.results`) count *steps*: ``epochs_to_test_acc_0.5 = t``
 means the parameters after t full-batch steps were the first with test accuracy ≥ 0.5.
@@ -23,8 +25,10 @@ means the parameters after t full-batch steps were the first with test accuracy 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -32,69 +36,147 @@ from torch.utils.data import DataLoader, Dataset
 
 from li2_lightning.analysis import features
 from li2_lightning.data import P_STAR_C, resolve_n_train, split_pairs
+from li2_lightning.functional import model as fm
+from li2_lightning.functional import updates
 from li2_lightning.groups import make_group
-from li2_lightning.losses import check_loss
-from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K
+from li2_lightning.nets import TwoLayerNet
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 THRESHOLDS = (("train_acc", 1.0), ("test_acc", 0.5), ("test_acc", 0.99))
 _METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
-Floats = Union[float, Sequence[float]]
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """What one member of a population has of its own.
+
+    Args:
+        seed: init seed (the member is ``TwoLayerNet`` drawn after ``torch.manual_seed(seed)``, as
+            ``Li2Module`` under ``seed_everything(seed)``).
+        split_seed: train/test split seed (default: ``seed``).
+        train_fraction, n_train, p_star_multiplier: the train size, at most one of them (default:
+            train fraction 0.4).
+        lr: the learning rate of Adam, AdamW or SGD; under Muon, that of the Adam on V
+            (``Muon``'s ``adam_lr``).
+        weight_decay: the optimizer's weight decay (under Muon: W's decoupled decay and V's Adam's).
+        muon_lr: Muon's step on W (``Muon``'s ``lr``; default ``lr``); only with Muon.
+        V_init_scale: multiplier on V's initial values (0: zero-init V).
+    """
+
+    seed: int = 0
+    split_seed: Optional[int] = None
+    train_fraction: Optional[float] = None
+    n_train: Optional[int] = None
+    p_star_multiplier: Optional[float] = None
+    lr: float = 1e-3
+    weight_decay: float = 2e-4
+    muon_lr: Optional[float] = None
+    V_init_scale: float = 1.0
 
 
-def _per_member(name: str, value, S: int, cast=float) -> list:
-    """Broadcast a scalar to S members, or check a list has S entries."""
-    if value is None:
-        return [None] * S
-    if isinstance(value, (list, tuple)):
-        if len(value) != S:
-            raise ValueError(f"{name} has {len(value)} entries but there are {S} members (len(seeds)); "
-                             "give one value per member or a single value for all")
-        return [None if v is None else cast(v) for v in value]
-    return [cast(value)] * S
+def make_members(seeds: Sequence[int], **per_member: Any) -> list[MemberSettings]:
+    """One :class:`MemberSettings` per seed; each other setting a single value or one per seed.
+
+    Raises:
+        ValueError: on an empty ``seeds``, an unknown setting, or a list whose length is not len(seeds).
+    """
+    S = len(seeds)
+    if S == 0:
+        raise ValueError("seeds=[] gives an empty population; accepted: one init seed per member")
+    known = {f.name for f in dataclasses.fields(MemberSettings)} - {"seed"}
+    unknown = set(per_member) - known
+    if unknown:
+        raise ValueError(f"member settings {sorted(unknown)} are not known; accepted: {sorted(known)}")
+    columns = {}
+    for name, value in per_member.items():
+        if isinstance(value, (list, tuple)):
+            if len(value) != S:
+                raise ValueError(f"{name} has {len(value)} entries but there are {S} members (len(seeds)); "
+                                 "give one value per member or a single value for all")
+            columns[name] = list(value)
+        elif value is not None:
+            columns[name] = [value] * S
+    return [MemberSettings(seed=int(seed), **{k: v[s] for k, v in columns.items()}) for s, seed in enumerate(seeds)]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer every member runs, as ``Li2Module`` would be given it.
+
+    ``adam``, ``adamw`` and ``sgd`` are ``torch.optim.Adam`` / ``AdamW`` / ``SGD`` with the member's
+    lr and weight decay; ``muon`` is ``li2_lightning.optim.Muon(lr=muon_lr, adam_lr=lr,
+    weight_decay=weight_decay, preset=preset, ...)``.
+
+    Args:
+        name: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"muon"``.
+        preset: Muon's preset, ``"li2"``, ``"keller"`` or ``"torch"``.
+        betas, eps: Adam's (also Muon's Adam side).
+        momentum: SGD's momentum (default 0), or Muon's EMA factor (default: the preset's).
+        nesterov: SGD's Nesterov flag (default False), or Muon's (default: the preset's).
+        ns_steps, ns_dtype: Muon's Newton-Schulz steps and precision (default: the preset's).
+        adam_decoupled: Muon's Adam side uses decoupled decay (default: the preset's).
+
+    Raises:
+        ValueError: on an unknown name or preset, or a setting ``Muon`` would refuse.
+    """
+
+    name: str = "adam"
+    preset: str = "li2"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: Optional[float] = None
+    nesterov: Optional[bool] = None
+    ns_steps: int = 5
+    ns_dtype: Optional[str] = None
+    adam_decoupled: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.name!r} is not supported; accepted: {list(OPTIMIZERS)}")
+        if self.preset not in updates.MUON_PRESETS:
+            raise ValueError(f"preset={self.preset!r} is not a Muon preset; accepted: {list(updates.MUON_PRESETS)}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.name == "muon":  # Muon's own checks, on a stand-in matrix
+            from li2_lightning.optim import Muon
+
+            Muon([("W", torch.zeros(2, 2))], preset=self.preset, momentum=self.momentum, nesterov=self.nesterov,
+                 ns_steps=self.ns_steps, ns_dtype=self.ns_dtype, adam_betas=self.betas, adam_eps=self.eps)
+
+    def muon_preset(self) -> updates.MuonPreset:
+        """The Muon preset with this spec's overrides."""
+        base = updates.MUON_PRESETS[self.preset]
+        return dataclasses.replace(
+            base, momentum=base.momentum if self.momentum is None else self.momentum,
+            nesterov=base.nesterov if self.nesterov is None else self.nesterov,
+            ns_dtype=base.ns_dtype if self.ns_dtype is None else self.ns_dtype,
+            adam_decoupled=base.adam_decoupled if self.adam_decoupled is None else self.adam_decoupled)
 
 
 class PopulationOptimizer(torch.optim.Optimizer):
-    """Adam / AdamW / SGD / Muon on stacked parameters (S, ...) with per-member lr and weight decay.
+    """The optimizer of :class:`OptimizerSpec` on stacked parameters (S, ...), per-member lr and decay.
 
-    Each parameter's leading dim indexes members; a member's update reads only its own slice, so S
-    members behave as S separate optimizers. The arithmetic follows torch's single-tensor Adam, AdamW
-    and SGD, and ``li2_lightning.optim.Muon(preset="li2")`` (SPEC §8), up to rounding.
+    Calls :mod:`li2_lightning.functional.updates` with (S,) learning rates and weight decays; a
+    member's update reads only its own slice, so S members behave as S separate optimizers.
 
     Args:
-        params: the stacked parameters; with ``rule="muon"`` pass two groups, ``{"params": [W],
-            "muon": True}`` and ``{"params": [V]}``.
-        rule: ``"adam"`` (coupled L2), ``"adamw"`` (decoupled), ``"sgd"`` or ``"muon"`` (Muon on
-            the groups flagged ``muon``, coupled-L2 Adam on the others).
-        lr: (S,) learning rates (Adam / SGD).
-        weight_decay: (S,) weight decays.
-        muon_lr: (S,) Muon step sizes (default: ``lr``).
-        betas, eps: Adam's.
-        momentum: SGD momentum (no dampening, no Nesterov); Muon's EMA coefficient is 0.99.
+        params: the stacked parameters; with Muon two groups, ``{"params": [W], "use_muon": True}``
+            and ``{"params": [V]}``.
+        spec: the optimizer.
+        lr, weight_decay: (S,) tensors (Adam's, AdamW's, SGD's; Muon's Adam side).
+        muon_lr: (S,) Muon steps on W (default ``lr``).
 
     Raises:
-        ValueError: on an unknown rule or a negative lr / weight decay.
+        ValueError: on a negative lr, muon_lr or weight decay.
     """
 
-    def __init__(self, params, rule: str, lr: torch.Tensor, weight_decay: torch.Tensor,
-                 muon_lr: Optional[torch.Tensor] = None, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, momentum: float = 0.0, muon_momentum: float = 0.99) -> None:
-        if rule not in OPTIMIZERS:
-            raise ValueError(f"optimizer={rule!r} is not supported; accepted: {list(OPTIMIZERS)}")
-        if bool((lr < 0).any()) or bool((weight_decay < 0).any()):
-            raise ValueError(f"lr={lr.tolist()} / weight_decay={weight_decay.tolist()}: accepted: >= 0")
-        if rule == "muon":
-            from li2_lightning.optim.newton_schulz import LI2_COEFFICIENTS  # noqa: F401 (fail early)
-        defaults = dict(rule=rule, lr=lr, weight_decay=weight_decay,
-                        muon_lr=lr if muon_lr is None else muon_lr, betas=betas, eps=eps,
-                        momentum=momentum, muon_momentum=muon_momentum, muon=False)
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _col(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """(S,) -> (S, 1, ..., 1) on p's device, to broadcast over a member's slice."""
-        return t.to(device=p.device, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
+    def __init__(self, params, spec: OptimizerSpec, lr: torch.Tensor, weight_decay: torch.Tensor,
+                 muon_lr: Optional[torch.Tensor] = None) -> None:
+        muon_lr = lr if muon_lr is None else muon_lr
+        for name, v in (("lr", lr), ("weight_decay", weight_decay), ("muon_lr", muon_lr)):
+            if bool((v < 0).any()):
+                raise ValueError(f"{name}={v.tolist()} is not accepted; accepted: values >= 0")
+        self.spec = spec
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, muon_lr=muon_lr, use_muon=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -102,60 +184,25 @@ class PopulationOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        spec = self.spec
+        preset = spec.muon_preset()
         for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if group["rule"] == "muon" and group["muon"]:
-                    self._muon(p, group, state)
-                elif group["rule"] == "sgd":
-                    self._sgd(p, group, state)
+                if spec.name == "muon" and group["use_muon"]:
+                    updates.muon_(p, p.grad, state, lr=group["muon_lr"], weight_decay=wd, preset=preset,
+                                  ns_steps=spec.ns_steps)
+                elif spec.name == "sgd":
+                    updates.sgd_(p, p.grad, state, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0,
+                                 nesterov=bool(spec.nesterov))
                 else:
-                    self._adam(p, group, state, decoupled=group["rule"] == "adamw")
+                    decoupled = spec.name == "adamw" or (spec.name == "muon" and preset.adam_decoupled)
+                    updates.adam_(p, p.grad, state, lr=lr, weight_decay=wd, betas=spec.betas, eps=spec.eps,
+                                  decoupled=decoupled)
         return loss
-
-    def _adam(self, p, group, state, decoupled: bool) -> None:
-        beta1, beta2 = group["betas"]
-        lr, wd = self._col(group["lr"], p), self._col(group["weight_decay"], p)
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        step = state["step"].item()
-        grad = p.grad
-        if decoupled:
-            p.mul_(1 - lr * wd)
-        else:
-            grad = grad + wd * p  # wd 0 adds exact zeros: that member is plain Adam
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
-        p.sub_(lr / (1 - beta1**step) * state["exp_avg"] / denom)
-
-    def _sgd(self, p, group, state) -> None:
-        lr, wd = self._col(group["lr"], p), self._col(group["weight_decay"], p)
-        grad = p.grad + wd * p
-        if group["momentum"] != 0:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = grad.clone()
-            else:
-                state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-            grad = state["momentum_buffer"]
-        p.sub_(lr * grad)
-
-    def _muon(self, p, group, state) -> None:
-        from li2_lightning.optim.newton_schulz import LI2_COEFFICIENTS, newton_schulz
-
-        lr, wd = self._col(group["muon_lr"], p), self._col(group["weight_decay"], p)
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        buf = state["momentum_buffer"]
-        buf.lerp_(p.grad, 1 - group["muon_momentum"])  # m ← 0.99 m + 0.01 g
-        O = newton_schulz(buf, LI2_COEFFICIENTS, 5, dtype=torch.float32)  # per-member NS, (S, 2M, K)
-        p.mul_(1 - lr * wd)  # decoupled decay before the update
-        p.sub_(lr * O)
 
 
 class _OneStep(Dataset):
@@ -171,27 +218,17 @@ class _OneStep(Dataset):
 class PopulationModule(pl.LightningModule):
     """S independent Li2 two-layer nets on one group, trained as one batched computation.
 
-    Per-member settings take a single value (shared) or a list with one entry per seed. The train
-    size is set by at most one of ``train_fraction``, ``n_train``, ``p_star_multiplier`` (default
-    train fraction 0.4). Train with ``Trainer(max_epochs=...).fit(module)``: the module serves its
-    own one-batch-per-epoch loader (full batch, the paper's epoch).
+    Train with ``Trainer(max_epochs=...).fit(module)``: the module serves its own
+    one-batch-per-epoch loader (full batch, the paper's epoch).
 
     Args:
         group: group spec for :func:`~li2_lightning.groups.make_group`.
         K: hidden width.
-        seeds: init seed of each member (member s is ``TwoLayerNet`` drawn after
-            ``torch.manual_seed(seeds[s])``); S = len(seeds).
-        split_seeds: train/test split seed of each member (default: the init seed).
-        train_fraction, n_train, p_star_multiplier: train size per member (one of them).
-        p_star_c: c in p* = c ln M / M.
-        lr: learning rate per member (Adam's, SGD's; Adam on V under Muon).
-        weight_decay: weight decay per member (coupled L2 for adam/sgd/muon's Adam part,
-            decoupled for adamw and Muon's W).
-        muon_lr: Muon's step on W per member (default: ``lr``); only with ``optimizer="muon"``.
-        V_init_scale: multiplier on V's initial values per member (0: zero-init V).
-        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"muon"``.
-        betas, eps: Adam's; momentum: SGD's.
+        members: one :class:`MemberSettings` (or a dict of its fields) per member; S = len(members).
+            :func:`make_members` builds them from seeds and per-member lists.
+        optimizer: the :class:`OptimizerSpec` (or a dict of its fields) every member runs.
         activation, loss, output_scale: as for ``Li2Module``.
+        p_star_c: c in p* = c ln M / M (for ``p_star_multiplier``).
         stop_at_test_acc: stop training once every member's test accuracy is at least this
             (checked every ``check_every`` epochs); None trains for the Trainer's max_epochs.
         check_every: epochs between stop checks (each costs one device sync).
@@ -203,31 +240,20 @@ class PopulationModule(pl.LightningModule):
         analyze: compute per-member energy and irrep coverage in :meth:`results`.
 
     Raises:
-        ValueError: on an empty ``seeds``, a per-member list of the wrong length, or any setting
-            ``Li2Module`` / ``GroupArithmeticDataModule`` would refuse.
+        ValueError: on no members, ``muon_lr`` without Muon, or any setting ``Li2Module`` /
+            ``GroupArithmeticDataModule`` would refuse.
     """
 
     def __init__(
         self,
         group: str = "Z23",
         K: int = 512,
-        seeds: Sequence[int] = (0,),
-        split_seeds: Optional[Sequence[int]] = None,
-        train_fraction: Optional[Floats] = None,
-        n_train: Optional[Union[int, Sequence[int]]] = None,
-        p_star_multiplier: Optional[Floats] = None,
-        p_star_c: float = P_STAR_C,
-        lr: Floats = 1e-3,
-        weight_decay: Floats = 2e-4,
-        muon_lr: Optional[Floats] = None,
-        V_init_scale: Floats = 1.0,
-        optimizer: str = "adam",
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        momentum: float = 0.0,
+        members: Sequence[Union[MemberSettings, dict]] = (MemberSettings(),),
+        optimizer: Union[OptimizerSpec, dict] = OptimizerSpec(),
         activation: str = "sqr",
         loss: str = "mse",
         output_scale: float = 1.0,
+        p_star_c: float = P_STAR_C,
         stop_at_test_acc: Optional[float] = None,
         check_every: int = 50,
         eval_every: int = 1,
@@ -235,45 +261,42 @@ class PopulationModule(pl.LightningModule):
         analyze: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        seeds = [int(s) for s in seeds]
-        S = len(seeds)
-        if S == 0:
-            raise ValueError("seeds=[] gives an empty population; accepted: one init seed per member")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={optimizer!r} is not supported; accepted: {list(OPTIMIZERS)}")
-        if muon_lr is not None and optimizer != "muon":
-            raise ValueError(f"muon_lr={muon_lr!r} is set but optimizer={optimizer!r}; it applies to 'muon' only")
-        activation_fn(activation)
-        check_loss(loss)
+        members = [m if isinstance(m, MemberSettings) else MemberSettings(**m) for m in members]
+        spec = optimizer if isinstance(optimizer, OptimizerSpec) else OptimizerSpec(**optimizer)
+        if not members:
+            raise ValueError("members=[] gives an empty population; accepted: one MemberSettings per member")
+        self.save_hyperparameters({"group": group, "K": K, "members": [dataclasses.asdict(m) for m in members],
+                                   "optimizer": dataclasses.asdict(spec), "activation": activation, "loss": loss,
+                                   "output_scale": output_scale, "p_star_c": p_star_c,
+                                   "stop_at_test_acc": stop_at_test_acc, "check_every": check_every,
+                                   "eval_every": eval_every, "log_every_n_epochs": log_every_n_epochs,
+                                   "analyze": analyze})
+        fm.check_activation(activation)
+        fm.check_loss(loss)
         for name, value in (("check_every", check_every), ("eval_every", eval_every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not accepted; accepted: an integer >= 1")
+        if spec.name != "muon" and any(m.muon_lr is not None for m in members):
+            raise ValueError(f"muon_lr is set but optimizer={spec.name!r}; it applies to 'muon' only")
+        for name in ("lr", "weight_decay", "muon_lr"):
+            vals = [getattr(m, name) for m in members]
+            if any(v is not None and v < 0 for v in vals):
+                raise ValueError(f"{name}={vals} is not accepted; accepted: values >= 0")
         self.grp = make_group(group)
         M = self.M = self.grp.order
-        check_M_K(M, K)
-        self.S, self.K = S, K
-        self.seeds = seeds
-        self.split_seeds = [int(s) for s in (seeds if split_seeds is None else _per_member("split_seeds", split_seeds, S, int))]
-        fr = _per_member("train_fraction", train_fraction, S)
-        nt = _per_member("n_train", n_train, S, int)
-        pm = _per_member("p_star_multiplier", p_star_multiplier, S)
-        self.n_trains = [resolve_n_train(M, fr[s], nt[s], pm[s], p_star_c) for s in range(S)]
-        self.lrs = _per_member("lr", lr, S)
-        self.wds = _per_member("weight_decay", weight_decay, S)
-        self.muon_lrs = self.lrs if muon_lr is None else _per_member("muon_lr", muon_lr, S)
-        self.V_scales = _per_member("V_init_scale", V_init_scale, S)
-        for name, vals in (("lr", self.lrs), ("weight_decay", self.wds), ("muon_lr", self.muon_lrs)):
-            if any(v < 0 for v in vals):
-                raise ValueError(f"{name}={vals} is not accepted; accepted: values >= 0")
-        self.sigma = activation_fn(activation)
+        fm.check_M_K(M, K)
+        S = self.S = len(members)
+        self.K, self.members, self.spec = K, members, spec
+        self.split_seeds = [m.seed if m.split_seed is None else int(m.split_seed) for m in members]
+        self.n_trains = [resolve_n_train(M, m.train_fraction, m.n_train, m.p_star_multiplier, p_star_c)
+                         for m in members]
 
-        # member s drawn exactly as Li2Module under seed_everything(seeds[s]); the global RNG is kept
+        # member s drawn exactly as Li2Module under seed_everything(seed_s); the global RNG is kept
         Ws, Vs = [], []
         with torch.random.fork_rng(devices=[]):
-            for s in range(S):
-                torch.manual_seed(seeds[s])
-                net = TwoLayerNet(M, K, activation, self.V_scales[s], output_scale)
+            for m in members:
+                torch.manual_seed(m.seed)
+                net = TwoLayerNet(M, K, activation, m.V_init_scale, output_scale)
                 Ws.append(net.W.detach())
                 Vs.append(net.V.detach())
         self.W = torch.nn.Parameter(torch.stack(Ws))  # (S, 2M, K)
@@ -292,7 +315,7 @@ class PopulationModule(pl.LightningModule):
     # ---------------------------------------------------------------- data
 
     def _register_rows(self, prefix: str, rows: Sequence[torch.Tensor]) -> None:
-        """Padded per-member rows as flat gather offsets into W viewed as (S·2M, K)."""
+        """Per-member index pairs (S, width, 2), padded to the largest member, with a 0/1 mask."""
         M, S = self.M, self.S
         width = max(1, max(len(r) for r in rows))
         idx = torch.zeros(S, width, dtype=torch.long)
@@ -301,10 +324,7 @@ class PopulationModule(pl.LightningModule):
             idx[s, : len(r)] = r
             mask[s, : len(r)] = 1.0
         h1, h2 = idx // M, idx % M
-        base = (torch.arange(S) * 2 * M)[:, None]
-        # (S·width, 2): the two rows of W (flattened to (S·2M, K)) that one-hot X picks for a pair
-        self.register_buffer(f"{prefix}_idx", torch.stack([base + h1, base + M + h2], -1).reshape(-1, 2),
-                             persistent=False)
+        self.register_buffer(f"{prefix}_x", torch.stack([h1, h2], -1), persistent=False)  # (S, width, 2)
         y = self.grp.table[h1, h2]
         self.register_buffer(f"{prefix}_y", y, persistent=False)  # (S, width)
         self.register_buffer(f"{prefix}_Y", torch.nn.functional.one_hot(y, M).float(), persistent=False)
@@ -318,22 +338,13 @@ class PopulationModule(pl.LightningModule):
 
     def logits(self, prefix: str) -> torch.Tensor:
         """Outputs (S, rows, M) of every member on its padded train (``"tr"``) or test (``"te"``) rows."""
-        Wf = self.W.reshape(-1, self.K)  # (S·2M, K)
-        # XW per member as one fused gather-and-add (measured ~8% faster than two index_selects)
-        Z = torch.nn.functional.embedding_bag(getattr(self, f"{prefix}_idx"), Wf, mode="sum")  # (S·rows, K)
-        F = self.sigma(Z).view(self.S, -1, self.K)  # (S, rows, K)
-        out = torch.bmm(F, self.V)  # (S, rows, M)
-        scale = self.hparams.output_scale
-        return out if scale == 1.0 else out * scale
+        hp = self.hparams
+        return fm.forward(self.W, self.V, getattr(self, f"{prefix}_x"), hp.activation, hp.output_scale)
 
     def _member_metrics(self, out: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member mean loss (S,) and accuracy (S,) over the member's real rows."""
-        y, mask, n = (getattr(self, f"{prefix}_{k}") for k in ("y", "mask", "n"))
-        if self.hparams.loss == "mse":
-            resid = out - out.mean(-1, keepdim=True) + 1.0 / self.M - getattr(self, f"{prefix}_Y")
-            rows = resid.square().sum(-1)  # (S, rows)
-        else:
-            rows = torch.nn.functional.cross_entropy(out.transpose(1, 2), y, reduction="none")
+        y, Y, mask, n = (getattr(self, f"{prefix}_{k}") for k in ("y", "Y", "mask", "n"))
+        rows = fm.loss_rows(self.hparams.loss, out, y, Y)  # (S, rows)
         n_safe = n.clamp(min=1)
         loss = (rows * mask).sum(-1) / n_safe
         acc = ((out.argmax(-1) == y).float() * mask).sum(-1) / n_safe
@@ -393,13 +404,14 @@ class PopulationModule(pl.LightningModule):
         self._final = self.measure()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-        groups = ([{"params": [self.W], "muon": True}, {"params": [self.V]}]
-                  if hp.optimizer == "muon" else [{"params": [self.W, self.V]}])
-        return PopulationOptimizer(groups, hp.optimizer, lr=t(self.lrs), weight_decay=t(self.wds),
-                                   muon_lr=t(self.muon_lrs), betas=tuple(hp.betas), eps=hp.eps,
-                                   momentum=hp.momentum)
+        def column(name: str, default: Optional[str] = None) -> torch.Tensor:
+            vals = [getattr(m, name) if getattr(m, name) is not None else getattr(m, default) for m in self.members]
+            return torch.tensor(vals, dtype=torch.float64)  # float64: rounded to the parameters' dtype as torch does
+
+        groups = ([{"params": [self.W], "use_muon": True}, {"params": [self.V]}]
+                  if self.spec.name == "muon" else [{"params": [self.W, self.V]}])
+        return PopulationOptimizer(groups, self.spec, lr=column("lr"), weight_decay=column("weight_decay"),
+                                   muon_lr=column("muon_lr", "lr"))
 
     # ---------------------------------------------------------------- results
 
@@ -427,15 +439,16 @@ class PopulationModule(pl.LightningModule):
         hp = self.hparams
         extra = self._analysis() if hp.analyze and T >= 0 else [{}] * self.S
         out = []
-        for s in range(self.S):
-            row = {"group": self.grp.name, "M": self.M, "K": self.K, "seed": self.seeds[s],
+        for s, m in enumerate(self.members):
+            row = {"group": self.grp.name, "M": self.M, "K": self.K, "seed": m.seed,
                    "split_seed": self.split_seeds[s], "n_train": self.n_trains[s],
-                   "train_fraction": self.n_trains[s] / self.M**2, "lr": self.lrs[s],
-                   "weight_decay": self.wds[s], "V_init_scale": self.V_scales[s],
-                   "optimizer": hp.optimizer, "activation": hp.activation, "loss": hp.loss,
+                   "train_fraction": self.n_trains[s] / self.M**2, "lr": m.lr,
+                   "weight_decay": m.weight_decay, "V_init_scale": m.V_init_scale,
+                   "optimizer": self.spec.name, "activation": hp.activation, "loss": hp.loss,
                    "epochs": T, "stopped_early": self._stopped_early}
-            if hp.optimizer == "muon":
-                row["muon_lr"] = self.muon_lrs[s]
+            if self.spec.name == "muon":
+                row["muon_lr"] = m.lr if m.muon_lr is None else m.muon_lr
+                row["preset"] = self.spec.preset
             for metric, thr in THRESHOLDS:
                 col = _METRICS.index(metric)
                 hit = (h[:, s, col] >= thr - 1e-6).nonzero()
@@ -464,8 +477,7 @@ class PopulationModule(pl.LightningModule):
         for s in range(self.S):
             W = self.W[s].detach().cpu()
             n = int(self.tr_n[s])
-            x = self.tr_idx.view(self.S, -1, 2)[s, :n].cpu() - s * 2 * self.M
-            x[:, 1] -= self.M
+            x = self.tr_x[s, :n].cpu()
             y = self.tr_y[s, :n].cpu()
             E = normalized_energy(W, x, y, self.hparams.activation)
             rows.append({"energy_mean": float(E.mean()), **coverage(W, basis)})
@@ -473,7 +485,7 @@ class PopulationModule(pl.LightningModule):
 
 
 def coverage(W: torch.Tensor, basis, purity_threshold: float = 0.9) -> dict:
-    """Mean feature purity and irrep coverage of a first layer W (2M, K) (SPEC §6, item 5).
+    """Mean feature purity and irrep coverage of a first layer W (2M, K) (docs/theory.md §6, item 5).
 
     Thin wrapper over :mod:`li2_lightning.analysis.features` (float64 there).
 

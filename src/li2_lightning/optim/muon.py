@@ -192,11 +192,13 @@ class Muon(torch.optim.Optimizer):
         self.preset = preset
         self.distributed = bool(distributed)
         base = updates.MUON_PRESETS[preset]
-        self._muon_defaults: dict[str, Any] = dict(
-            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-            ns_coefficients=base.coefficients[:ns_steps], ns_steps=ns_steps, ns_dtype=dtype_name,
-            ns_eps=base.ns_eps, arithmetic=base.arithmetic, shape_scaling=base.shape_scaling,
-        )
+        self._muon_defaults: dict[str, Any] = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                                   nesterov=nesterov, ns_steps=ns_steps)
+        if preset == "torch":  # torch.optim.Muon's own group keys: checkpoints keep their layout
+            self._muon_defaults.update(ns_coefficients=base.coefficients[0], eps=base.ns_eps, adjust_lr_fn=None)
+        else:
+            self._muon_defaults.update(ns_coefficients=base.coefficients[:ns_steps], ns_dtype=dtype_name,
+                                       ns_eps=base.ns_eps, shape_scaling=base.shape_scaling)
         self._adam_defaults: dict[str, Any] = dict(
             lr=adam_lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=adam_weight_decay,
             decoupled_weight_decay=adam_decoupled,
@@ -253,12 +255,11 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _preset(self, group: dict[str, Any]) -> updates.MuonPreset:
-        """The group's Newton-Schulz and scaling settings (keys absent from older checkpoints: the preset's)."""
+        """The group's Newton-Schulz and scaling settings over the preset's (torch's keys for ``torch``)."""
         base = updates.MUON_PRESETS[self.preset]
         return dataclasses.replace(
-            base, coefficients=group.get("ns_coefficients", base.coefficients),
-            ns_dtype=group.get("ns_dtype", base.ns_dtype), ns_eps=group.get("ns_eps", base.ns_eps),
-            arithmetic=group.get("arithmetic", base.arithmetic),
+            base, coefficients=group["ns_coefficients"], ns_dtype=group.get("ns_dtype", base.ns_dtype),
+            ns_eps=group.get("ns_eps", group.get("eps", base.ns_eps)),
             shape_scaling=group.get("shape_scaling", base.shape_scaling))
 
     def _muon_step(self, groups: list[dict[str, Any]]) -> None:
