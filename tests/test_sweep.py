@@ -109,3 +109,38 @@ def test_export_wandb(tmp_path):
     cfg = export_wandb(path, tmp_path / "w.yaml")
     assert cfg["parameters"]["point_index"]["values"] == [0, 1, 2]
     assert yaml.safe_load((tmp_path / "w.yaml").read_text())["method"] == "grid"
+
+
+def test_every_sweep_file_builds_its_populations():
+    """Each sweep file in sweeps/ expands, packs and builds its first population (not trained)."""
+    from pathlib import Path
+
+    from li2_lightning.sweep import build_population
+
+    files = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
+    assert files
+    for path in files:
+        spec = load_sweep(path)
+        populations = pack(expand(spec), spec["population_size"])
+        kinds = {json.dumps({k: p.get(k) for k in ("optimizer", "preset")}) for pop in populations for p in pop}
+        for kind in kinds:  # one population of each optimizer the file uses
+            members = next(pop for pop in populations
+                           if json.dumps({k: pop[0].get(k) for k in ("optimizer", "preset")}) == kind)[:2]
+            module = build_population(members)
+            assert module.S == len(members) and module.spec.name == members[0].get("optimizer", "adam")
+            assert [m.seed for m in module.members] == [p.get("seed", 0) for p in members]
+
+
+@pytest.mark.parametrize("preset", ["li2", "keller", "torch"])
+def test_sweep_points_choose_optimizer_and_preset(preset):
+    """A point's optimizer settings reach the population's OptimizerSpec; muon_lr stays per member."""
+    from li2_lightning.sweep import build_population
+
+    points = [{"group": "Z5", "K": 4, "optimizer": "muon", "preset": preset, "momentum": 0.9, "betas": [0.8, 0.99],
+               "lr": 1e-3, "muon_lr": m_lr, "seed": seed} for seed, m_lr in ((0, 0.02), (1, 0.05))]
+    (members,) = pack(points, 4)
+    module = build_population(members)
+    assert (module.spec.name, module.spec.preset, module.spec.momentum, module.spec.betas) == (
+        "muon", preset, 0.9, (0.8, 0.99))
+    assert [m.muon_lr for m in module.members] == [0.02, 0.05]
+    assert module.spec.muon_preset().nesterov == (preset != "li2")

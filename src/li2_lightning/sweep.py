@@ -14,8 +14,10 @@ A sweep file::
     # or `grids:` a list of such grids (their union), e.g. one per group family;
     # `points:` a list of explicit settings, each crossed with the grid(s)
 
-Point settings (:data:`POINT_KEYS`) are ``PopulationModule``'s per-member and shared arguments
-plus ``max_epochs``; ``seed`` is the init seed and ``split_seed`` defaults to it. Points that
+Point settings (:data:`POINT_KEYS`) are the fields of ``MemberSettings`` (:data:`MEMBER_KEYS`),
+``PopulationModule``'s shared arguments, the optimizer (:data:`OPTIMIZER_KEYS`: ``optimizer`` is
+adam, adamw, sgd or muon, ``preset`` Muon's li2, keller or torch, and the other fields of
+``OptimizerSpec``) and ``max_epochs``; ``seed`` is the init seed and ``split_seed`` defaults to it. Points that
 share every setting except the per-member ones (:data:`MEMBER_KEYS`) are packed into one
 population. Each finished point is appended to the results file as one JSON line with its ``id``
 (a hash of its settings); a restarted sweep skips the ids already there, so a killed sweep loses at
@@ -43,8 +45,11 @@ import yaml
 
 MEMBER_KEYS = ("seed", "split_seed", "train_fraction", "n_train", "p_star_multiplier", "lr",
                "weight_decay", "muon_lr", "V_init_scale")
-SHARED_KEYS = ("group", "K", "optimizer", "activation", "loss", "output_scale", "p_star_c", "betas",
-               "eps", "momentum", "max_epochs", "stop_at_test_acc", "check_every", "eval_every")
+#: settings of the population's OptimizerSpec (``optimizer`` is its name)
+OPTIMIZER_KEYS = ("optimizer", "preset", "betas", "eps", "momentum", "nesterov", "ns_steps", "ns_dtype",
+                  "adam_decoupled")
+SHARED_KEYS = ("group", "K", "activation", "loss", "output_scale", "p_star_c", "max_epochs",
+               "stop_at_test_acc", "check_every", "eval_every") + OPTIMIZER_KEYS
 POINT_KEYS = MEMBER_KEYS + SHARED_KEYS
 FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "fixed",
              "grid", "grids", "points", "description")
@@ -174,18 +179,18 @@ def _ends_with_newline(path: Path) -> bool:
 
 def build_population(members: list[dict]):
     """A ``PopulationModule`` for points that share their non-member settings."""
-    from li2_lightning.population import PopulationModule
+    from li2_lightning.population import MemberSettings, OptimizerSpec, PopulationModule
 
     first = members[0]
     kwargs: dict[str, Any] = {k: first[k] for k in SHARED_KEYS if k in first and k not in
-                              ("max_epochs",)}
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    kwargs["seeds"] = [int(m.get("seed", 0)) for m in members]
-    kwargs["split_seeds"] = [int(m.get("split_seed", m.get("seed", 0))) for m in members]
-    for key in MEMBER_KEYS[2:]:
-        if key in first:
-            kwargs[key] = [m[key] for m in members]
+                              ("max_epochs",) + OPTIMIZER_KEYS}
+    spec = {k: first[k] for k in OPTIMIZER_KEYS if k in first}
+    if "optimizer" in spec:
+        spec["name"] = spec.pop("optimizer")
+    if "betas" in spec:
+        spec["betas"] = tuple(spec["betas"])
+    kwargs["optimizer"] = OptimizerSpec(**spec)
+    kwargs["members"] = [MemberSettings(**{k: m[k] for k in MEMBER_KEYS if k in m}) for m in members]
     return PopulationModule(**kwargs)
 
 
