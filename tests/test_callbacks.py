@@ -219,3 +219,148 @@ def test_li2module_other_losses_and_activations(tmp_path, loss, activation):
     assert ("li2/V/r_V" in h) == (loss == "mse")
     assert -1 <= h["li2/gf/align"] <= 1 and h["li2/gf/norm"] > 0
     assert cbs[1].history[-1]["li2/energy/mean"] > 0
+
+
+def test_two_instances_keep_separate_state_in_a_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every1, every2 = FeatureMonitor(purity_threshold=0.5), FeatureMonitor(every_n_epochs=2, purity_threshold=0.5)
+    assert every1.state_key != every2.state_key and "every_n_epochs" in every2.state_key
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
+    _fit(tmp_path, ToyModule(), [every1, every2, ckpt], False, epochs=4, enable_checkpointing=True)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert [h["epoch"] for h in state[every1.state_key]["history"]] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in state[every2.state_key]["history"]] == [0, 2, 3]
+    again1, again2 = FeatureMonitor(purity_threshold=0.5), FeatureMonitor(every_n_epochs=2, purity_threshold=0.5)
+    trainer = Trainer(max_epochs=5, logger=False, callbacks=[again2, again1], enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False)
+    trainer.fit(ToyModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [h["epoch"] for h in again1.history] == [0, 1, 2, 3, 4]
+    assert [h["epoch"] for h in again2.history] == [0, 2, 3, 4]
+
+
+class _Logged(Callback):
+    """Collects trainer.callback_metrics at the end of fit (after every other callback's hook)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_callbacks_in_any_order_log_the_same_values(tmp_path, capture):
+    runs = []
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        cbs = _callbacks()
+        last = _Logged()
+        _fit(tmp_path, ToyModule(capture=capture), [cbs[i] for i in order] + [last], False, epochs=3)
+        runs.append((last.metrics, [cb.history for cb in cbs]))
+    first = runs[0]
+    assert any(k.startswith("li2/gf/") for k in first[0]) and "stage/index" in first[0]
+    for metrics, histories in runs[1:]:
+        assert metrics.keys() == first[0].keys()
+        for k, v in metrics.items():
+            assert v == pytest.approx(first[0][k], rel=1e-6, nan_ok=True), k
+        assert histories[0] == first[1][0] or all(
+            h == pytest.approx(g, rel=1e-6, nan_ok=True) for h, g in zip(histories[0], first[1][0]))
+
+
+def test_early_stopping_and_checkpoint_monitor_a_li2_scalar(tmp_path):
+    """EarlyStopping(stopping_threshold) on li2/feat/coverage stops a real run; ModelCheckpoint keeps the best."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from li2_lightning.data import GroupArithmeticDataModule
+    from li2_lightning.module import Li2Module
+
+    pl.seed_everything(1, verbose=False)
+    feat = FeatureMonitor(image_every_n_epochs=0)
+    stop = EarlyStopping(monitor="li2/feat/coverage", mode="max", stopping_threshold=0.5, patience=1000)
+    best = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="li2/feat/coverage", mode="max",
+                           save_on_train_epoch_end=True)
+    model = Li2Module(K=256, optimizer=lambda ps: torch.optim.Adam([p for _, p in ps], lr=5e-3, weight_decay=2e-3))
+    trainer = Trainer(max_epochs=200, logger=False, callbacks=[feat, stop, best], enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, GroupArithmeticDataModule("Z23", train_fraction=0.6, split_seed=1))
+    cov = [h["li2/feat/coverage"] for h in feat.history]
+    first = next(i for i, c in enumerate(cov) if c > 0.5)  # strict comparison, as EarlyStopping's
+    assert trainer.current_epoch == first + 1 < 200 and len(cov) == first + 1  # stopped at that epoch
+    assert float(best.best_model_score) == pytest.approx(max(cov))
+    assert f"epoch={cov.index(max(cov))}" in best.best_model_path
+
+
+def test_wandb_rows_have_each_diagnostic_once_per_epoch_at_the_step_of_val_acc(tmp_path):
+    from li2_lightning.data import GroupArithmeticDataModule
+    from li2_lightning.module import Li2Module
+    from li2_lightning.wandb_offline import read_history
+
+    torch.manual_seed(0)
+    cbs = [GFStructureMonitor(heavy_every_n_epochs=0), EnergyMonitor(image_every_n_epochs=0),
+           FeatureMonitor(image_every_n_epochs=0), StageMonitor()]
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="li2-test")
+    epochs = 4
+    trainer = Trainer(max_epochs=epochs, logger=logger, callbacks=cbs, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      default_root_dir=str(tmp_path))
+    trainer.fit(Li2Module(K=32), GroupArithmeticDataModule("Z11", train_fraction=0.5))
+    logger.experiment.finish()
+    keys = {k for cb in cbs for h in cb.history for k in h if k != "epoch"}
+    assert {"li2/gf/align", "li2/energy/ratio_mean", "li2/feat/coverage", "stage/index"} <= keys
+    for _ in range(100):  # the W&B service may still be writing the tail
+        rows = read_history(str(tmp_path))
+        if sum("li2/gf/align" in r for r in rows) == epochs:
+            break
+        time.sleep(0.1)
+    val_steps = [r["trainer/global_step"] for r in rows if "val/acc" in r]
+    assert len(val_steps) == epochs
+    for key in keys:
+        steps = [r["trainer/global_step"] for r in rows if key in r]
+        assert steps == val_steps, key  # once per epoch, at the step of that epoch's val/acc
+    li2_rows = [r for r in rows if "li2/gf/align" in r]
+    assert all(keys <= r.keys() and "train/acc" in r for r in li2_rows)  # one row per epoch
+    assert [r["epoch"] for r in li2_rows] == list(range(epochs))
+
+
+def test_per_block_energy_ratio_is_one_on_a_two_dimensional_irrep_maximum_of_D5():
+    from li2_lightning.analysis.irreps import real_blocks
+    from li2_lightning.callbacks.snapshot import Snapshot
+    from li2_lightning.groups import make_group
+
+    g = make_group("D5")
+    Mg = g.table.shape[0]
+    x = torch.cartesian_prod(torch.arange(Mg), torch.arange(Mg))
+    y = g.table[x[:, 0], x[:, 1]]
+    b = real_blocks(g.table)
+    block = next(i for i, d in enumerate(b.dims) if d == 2)
+    Qb = b.Q[:, b.block_slices[block]]  # (M, 4) real basis of the block
+    Z = torch.zeros_like(Qb)
+    basis = torch.cat([torch.cat([Qb, Z], 1), torch.cat([Z, Qb], 1)], 0)  # (2M, 8): both halves in the block
+    starts = torch.randn(2 * Mg, 256, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w = en.ascend_energy(starts, x, y, "sqr", steps=400, lr=0.5, basis=basis)  # brute force: 256 starts
+    E = en.energy(w, x, y)
+    W = w[:, E.argmax()].unsqueeze(1) * 3.0  # one node on the block's maximum (any norm)
+    W = torch.cat([W, torch.randn(2 * Mg, 1, dtype=torch.float64)], 1)  # and one generic node
+    probe = Li2Probe(M=Mg, x=x, y=y, W=W, V=torch.zeros(2, Mg, dtype=torch.float64), activation="sqr",
+                     group=g)
+    monitor = EnergyMonitor()
+    E_block = monitor.block_energies(probe)
+    assert float(E_block[block]) == pytest.approx(float(E.max()), rel=1e-6)
+    monitor.E_block, monitor.E_ref = [float(e) for e in E_block], float(E_block[1:].max())
+    s = Snapshot(probe)
+    assert int(s.dominant[0]) == block
+    ratio = monitor.block_ratio(s)
+    assert float(ratio[0]) == pytest.approx(1.0, abs=1e-6)
+    m = monitor.compute(s, None)
+    assert m["li2/energy/ratio_max"] == pytest.approx(max(1.0, float(ratio[1])), abs=1e-6)
+    assert m["li2/energy/ratio_group_max"] == pytest.approx(float(s.energy.max()) / monitor.E_ref)
+
+
+def test_a_missing_metric_key_is_warned_about_once(tmp_path):
+    from li2_lightning.callbacks import AccuracyMilestones
+
+    cbs = [StageMonitor(val_acc_key="val_acc"), AccuracyMilestones(metrics=["val/accuracy"], thresholds=[0.5])]
+    with pytest.warns(UserWarning) as record:
+        _fit(tmp_path, ToyModule(), cbs, False, epochs=3)
+    msgs = [str(w.message) for w in record]
+    assert sum("val_acc_key='val_acc'" in m for m in msgs) == 1
+    assert sum("metrics='val/accuracy'" in m for m in msgs) == 1
+    assert not any("train_acc_key" in m for m in msgs)  # ToyModule logs train/acc

@@ -194,7 +194,8 @@ def next_stage(stage: Stage, obs: Observation, memory: Memory, th: Thresholds) -
     if is_done(obs, th):
         return Stage.DONE, mem
     if stage is Stage.STALLED:
-        return ((memory.resume or Stage.INDEPENDENT) if resumes(obs, peak, dp, th) else stage), mem
+        back = memory.resume if memory.resume is not None else Stage.INDEPENDENT  # LAZY is 0: falsy
+        return (back if resumes(obs, peak, dp, th) else stage), mem
     if is_stalled(obs, peak, dp, th):
         return Stage.STALLED, replace(mem, resume=stage)
     if stage is Stage.LAZY and enters_independent(obs, th):
