@@ -89,3 +89,33 @@ def test_minibatches_cover_the_set_once_per_epoch_and_replay_by_epoch():
     other = _mean_over_ranks(dm.train_x, dm.train_y, 2, out_fn, batch_size=8, epoch=5)
     assert all(torch.equal(a[1][0], b[1][0]) for a, b in zip(steps, replay))
     assert not all(torch.equal(a[1][0], b[1][0]) for a, b in zip(steps, other))
+
+
+def test_trainer_sees_the_step_count_without_the_iterable_len_warning():
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from li2_lightning.module import Li2Module
+
+    dm = GroupArithmeticDataModule("Z7", n_train=30, batch_size=8)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Li2Module(K=4), dm)
+    assert not [w for w in caught if "IterableDataset" in str(w.message)]
+    assert trainer.num_training_batches == math.ceil(30 / 8)  # the progress bar's total
+    assert trainer.global_step == 2 * math.ceil(30 / 8)
+
+
+def test_pairs_that_cannot_fit_are_refused_before_they_are_allocated(monkeypatch):
+    import li2_lightning.memory as memory
+
+    # a machine with 2 MB free: Z200's 40 000 pairs (40 bytes each, ×1.5) do not fit, Z100's do
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 2_000_000)
+    with pytest.raises(ValueError, match=r"M=200: its M² = 40000 pairs need about 2.4 MB") as err:
+        GroupArithmeticDataModule("Z200")
+    m_max = max(m for m in range(2, 200) if 1.5 * 40 * m * m <= 2_000_000)
+    assert f"use a group of order <= {m_max}" in str(err.value)
+    GroupArithmeticDataModule("Z100")

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 from li2_lightning.groups import Group, make_group
+from li2_lightning.memory import check_data_fits
 
-P_STAR_C = 2.7482  # the author's constant in p* = c ln M / M (SPEC §7)
+P_STAR_C = 2.7482  # the author's constant in p* = c ln M / M (docs/theory.md §7)
 DEFAULT_TRAIN_FRACTION = 0.4
 
 
 def critical_fraction(M: int, c: float = P_STAR_C) -> float:
-    """The critical train fraction p* = c · ln M / M of the scaling law (SPEC §7, Theorem 4)."""
+    """The critical train fraction p* = c · ln M / M of the scaling law (docs/theory.md §7, Theorem 4)."""
     return c * math.log(M) / M
 
 
@@ -66,11 +67,16 @@ def resolve_n_train(
     return int(n_train)
 
 
-class _Batches(IterableDataset):
-    """Yields this rank's share of each batch as ``(x, y, denom)``.
+class _Batches(Dataset):
+    """This rank's share of each batch of an epoch, as ``(x, y, denom)``, one item per step.
+
+    A map-style dataset of whole batches (served with ``DataLoader(batch_size=None)``): its length
+    is the number of steps, which the progress bar shows, and Lightning has no
+    ``IterableDataset``-with-``__len__`` to warn about.
 
     ``denom`` is the global batch size over the world size, so that the loss Σ_shard ℓ / denom,
     averaged over ranks by DDP, is exactly the global batch's mean loss (no padded duplicates).
+    Every rank draws the same permutation and takes every world_size-th row of each batch.
     """
 
     def __init__(
@@ -86,6 +92,8 @@ class _Batches(IterableDataset):
         self.x, self.y = x, y
         self.batch_size, self.shuffle_seed = batch_size, shuffle_seed
         self.rank, self.world_size, self.epoch_fn = rank, world_size, epoch_fn
+        self._perm_epoch: Optional[int] = None
+        self._perm: Optional[torch.Tensor] = None
         if batch_size is None:  # full batch: prebuilt once, one step per epoch
             self._full = self._shard(torch.arange(len(y)))
 
@@ -97,15 +105,18 @@ class _Batches(IterableDataset):
     def __len__(self) -> int:
         return 1 if self.batch_size is None else math.ceil(len(self.y) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not 0 <= step < len(self):
+            raise IndexError(f"step {step} is past the epoch's {len(self)} batches")
         if self.batch_size is None:
-            yield self._full
-            return
-        # the same permutation on every rank; seeded by the epoch so a resumed run replays it
-        g = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.epoch_fn())
-        perm = torch.randperm(len(self.y), generator=g)
-        for start in range(0, len(perm), self.batch_size):
-            yield self._shard(perm[start : start + self.batch_size])
+            return self._full
+        epoch = self.epoch_fn()
+        if epoch != self._perm_epoch:
+            # the same permutation on every rank; seeded by the epoch so a resumed run replays it
+            g = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.y), generator=g), epoch
+        start = step * self.batch_size
+        return self._shard(self._perm[start : start + self.batch_size])
 
 
 class GroupArithmeticDataModule(pl.LightningDataModule):
@@ -130,8 +141,9 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         shuffle_seed: seed of the minibatch order (used only with ``batch_size``).
 
     Raises:
-        ValueError: on an unknown group, a train size outside its range, or more than one of
-            ``train_fraction``, ``n_train``, ``p_star_multiplier``.
+        ValueError: on an unknown group, a train size outside its range, more than one of
+            ``train_fraction``, ``n_train``, ``p_star_multiplier``, or M² pairs that would not fit
+            in the memory available (checked before they are allocated).
     """
 
     def __init__(
@@ -155,6 +167,7 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         self.n_train = n_train
         self.batch_size = batch_size
         self.shuffle_seed = shuffle_seed
+        check_data_fits(M)  # before the M² pairs are allocated
         train_idx, test_idx = split_pairs(M, n_train, split_seed)
         self.train_x, self.train_y = self._pairs(train_idx)
         self.test_x, self.test_y = self._pairs(test_idx)
