@@ -73,10 +73,12 @@ def bundle(name: str, scalars_only: bool = False) -> list[pl.Callback]:
     out = []
     for e in entries:
         module, cls = e["class_path"].rsplit(".", 1)
-        kwargs = dict(e.get("init_args", {}))
-        if scalars_only:
-            kwargs.update({k: 0 for k in ("heavy_every_n_epochs", "image_every_n_epochs") if k in kwargs})
-        out.append(getattr(importlib.import_module(module), cls)(**kwargs))
+        cb = getattr(importlib.import_module(module), cls)(**dict(e.get("init_args") or {}))
+        if scalars_only:  # also where the bundle leaves these cadences at their defaults
+            for k in ("heavy_every_n_epochs", "image_every_n_epochs"):
+                if hasattr(cb, k):
+                    setattr(cb, k, 0)
+        out.append(cb)
     return out
 
 

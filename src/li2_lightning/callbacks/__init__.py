@@ -7,13 +7,16 @@
 - :class:`StageMonitor`: lazy → independent → interactive → done / stalled (``stage/``).
 - :class:`AccuracyMilestones`: first epochs of train accuracy 1 and test accuracy 0.5 / 0.99.
 
-See docs/callbacks.md; ``callbacks/li2.yaml`` adds all four to a LightningCLI run.
+The four monitors share :class:`Li2Callback` (cadence, one snapshot per epoch, ``log_dict``,
+history, ``state_key``). See docs/callbacks.md; ``callbacks/li2.yaml`` adds all four to a
+LightningCLI run.
 """
 
+from li2_lightning.callbacks.base import Li2Callback
 from li2_lightning.callbacks.energy_monitor import EnergyMonitor
 from li2_lightning.callbacks.feature_monitor import FeatureMonitor
 from li2_lightning.callbacks.gf_structure import GFStructureMonitor
 from li2_lightning.callbacks.milestones import AccuracyMilestones
 from li2_lightning.callbacks.stage_monitor import StageMonitor
 
-__all__ = ["GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor", "AccuracyMilestones"]
+__all__ = ["Li2Callback", "GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor", "AccuracyMilestones"]

@@ -17,7 +17,7 @@ class GFStructureMonitor(Li2Callback):
     """Logs the structure of G_F = −∂L/∂F and how far W and V have moved, under ``li2/``.
 
     Every ``every_n_epochs`` (cheap: a few passes over the (n, K) activations, no forward pass when
-    the module captures F and G_F):
+    the module exposes the hook point ``hook_F``):
 
     - ``li2/gf/align``: a_G = cos(G_F, ỸỸᵀF̃) (Stages I-II: label signal in G_F, Theorem 1);
     - ``li2/gf/norm``: ‖G_F‖ (rises, then decays; to 0 without weight decay);
