@@ -22,7 +22,7 @@ import torch
 
 from li2_lightning.data import GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
-from li2_lightning.population import PopulationModule
+from li2_lightning.population import PopulationModule, make_members
 
 from bench_trainer import _EpochClock  # bench/ is on sys.path when a script there runs
 
@@ -41,8 +41,8 @@ def _steady(stamps: list[float], skip: int = 2) -> float:
 def population(args) -> tuple[float, float]:
     """(seconds per member-epoch steady state, seconds per member for the whole fit)."""
     t0 = time.perf_counter()
-    module = PopulationModule(args.group, args.K, seeds=list(range(args.S)), train_fraction=args.train_fraction,
-                              analyze=False)
+    members = make_members(list(range(args.S)), train_fraction=args.train_fraction)
+    module = PopulationModule(args.group, args.K, members=members, analyze=False)
     clock = _EpochClock()
     _trainer(args.epochs, clock).fit(module)
     module.history()

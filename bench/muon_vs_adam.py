@@ -32,7 +32,7 @@ SETTINGS = {"fig8": {"K": 128, "epochs": 1000}, "fig3": {"K": 2048, "epochs": 30
 def optimizer_factory(name: str, lr: float, wd: float):
     if name == "adam":
         return lambda p: torch.optim.Adam(p, lr=lr, weight_decay=wd)
-    preset = name.split("-")[1]  # muon-li2, muon-keller
+    preset = name.split("-")[1]  # muon-li2, muon-keller, muon-torch
     return lambda p: Muon(p, lr=lr, preset=preset, adam_lr=1e-3, weight_decay=wd)
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="fig8")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--runs", nargs="+", default=["adam:1e-3", "muon-li2:0.05"],
-                        help="optimizer:lr pairs; optimizers: adam, muon-li2, muon-keller")
+                        help="optimizer:lr pairs; optimizers: adam, muon-li2, muon-keller, muon-torch")
     parser.add_argument("--weight_decay", type=float, default=2e-4)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", default=None)

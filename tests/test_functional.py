@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
-from li2_lightning.functional import (ACTIVATIONS, adam_, forward, loss_rows, loss_sum, muon_, preactivation,
-                                      sgd_, sigma, sigma_prime)
+from li2_lightning.functional import (ACTIVATIONS, adam_, forward, loss_rows, loss_sum, member_rows, muon_,
+                                      preactivation, sgd_, sigma, sigma_prime)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -35,6 +35,7 @@ def test_preactivation_one_net_and_members_equal_one_hot_matmul():
     x = torch.randint(0, M, (S, n, 2))
     Z = preactivation(W, x)  # (S, n, K), one batched gather
     assert Z.shape == (S, n, K)
+    assert torch.equal(preactivation(W, x, member_rows(x, M)), Z)  # precomputed rows: the same gather
     g = torch.randn(S, n, K, dtype=torch.float64)
     (gW,) = torch.autograd.grad((Z * g).sum(), W)
     for s in range(S):

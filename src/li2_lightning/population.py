@@ -324,7 +324,9 @@ class PopulationModule(pl.LightningModule):
             idx[s, : len(r)] = r
             mask[s, : len(r)] = 1.0
         h1, h2 = idx // M, idx % M
-        self.register_buffer(f"{prefix}_x", torch.stack([h1, h2], -1), persistent=False)  # (S, width, 2)
+        x = torch.stack([h1, h2], -1)
+        self.register_buffer(f"{prefix}_x", x, persistent=False)  # (S, width, 2)
+        self.register_buffer(f"{prefix}_rows", fm.member_rows(x, M), persistent=False)  # (S·width, 2)
         y = self.grp.table[h1, h2]
         self.register_buffer(f"{prefix}_y", y, persistent=False)  # (S, width)
         self.register_buffer(f"{prefix}_Y", torch.nn.functional.one_hot(y, M).float(), persistent=False)
@@ -339,7 +341,8 @@ class PopulationModule(pl.LightningModule):
     def logits(self, prefix: str) -> torch.Tensor:
         """Outputs (S, rows, M) of every member on its padded train (``"tr"``) or test (``"te"``) rows."""
         hp = self.hparams
-        return fm.forward(self.W, self.V, getattr(self, f"{prefix}_x"), hp.activation, hp.output_scale)
+        return fm.forward(self.W, self.V, getattr(self, f"{prefix}_x"), hp.activation, hp.output_scale,
+                          rows=getattr(self, f"{prefix}_rows"))
 
     def _member_metrics(self, out: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member mean loss (S,) and accuracy (S,) over the member's real rows."""

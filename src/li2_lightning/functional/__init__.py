@@ -22,6 +22,7 @@ from li2_lightning.functional.model import (
     hidden,
     loss_rows,
     loss_sum,
+    member_rows,
     preactivation,
     readout,
     sigma,
@@ -40,7 +41,7 @@ from li2_lightning.functional.updates import (
 
 __all__ = [
     "ACTIVATIONS", "LOSSES", "Activation", "check_activation", "check_loss", "check_M_K", "forward",
-    "hidden", "loss_rows", "loss_sum", "preactivation", "readout", "sigma", "sigma_prime",
+    "hidden", "loss_rows", "loss_sum", "member_rows", "preactivation", "readout", "sigma", "sigma_prime",
     "MUON_PRESETS", "MuonPreset", "adam_", "muon_", "muon_apply_", "muon_direction_",
     "muon_orthogonalize", "sgd_",
 ]

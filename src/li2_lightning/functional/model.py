@@ -81,27 +81,41 @@ def sigma_prime(z: torch.Tensor, activation: str) -> torch.Tensor:
     return check_activation(activation).sigma_prime(z)
 
 
-def preactivation(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def member_rows(x: torch.Tensor, M: int) -> torch.Tensor:
+    """Rows of a member stack W (S, 2M, K), flattened to (S·2M, K), that member s's pairs pick.
+
+    Args:
+        x: (S, n, 2) index pairs (h1, h2).
+
+    Returns:
+        (S·n, 2) long: s·2M + h1 and s·2M + M + h2.
+    """
+    S = x.shape[0]
+    shift = torch.tensor([0, M], device=x.device) + (torch.arange(S, device=x.device) * 2 * M)[:, None, None]
+    return (x + shift).reshape(-1, 2)
+
+
+def preactivation(W: torch.Tensor, x: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """XW as the gather W[h1] + W[M + h2] (docs/theory.md §1).
 
     Args:
         W: (2M, K) or (S, 2M, K).
         x: (n, 2) index pairs, or (S, n, 2) with W (S, 2M, K) (member s's rows index W[s]).
+        rows: optional :func:`member_rows` of x, precomputed (a population's fixed rows): the
+            offsets then cost nothing per call (~10% of the gather's forward and backward).
 
     Returns:
         (n, K) or (S, n, K).
     """
     M2, K = W.shape[-2:]
-    M = M2 // 2
     if W.dim() == 2:
         # index_select's backward is an index_add, cheaper than advanced indexing's index_put
-        return W.index_select(0, x[:, 0]) + W.index_select(0, x[:, 1] + M)
-    S, n = x.shape[:2]
-    # rows of W flattened to (S·2M, K): member s's pair (h1, h2) picks rows s·2M + h1, s·2M + M + h2
-    shift = torch.tensor([0, M], device=x.device) + (torch.arange(S, device=x.device) * M2)[:, None, None]
-    # one fused gather-and-add: measured ~8% faster than two index_selects for a population
-    Z = nnf.embedding_bag((x + shift).reshape(-1, 2), W.reshape(-1, K), mode="sum")  # (S·n, K)
-    return Z.view(S, n, K)
+        return W.index_select(0, x[:, 0]) + W.index_select(0, x[:, 1] + M2 // 2)
+    if rows is None:
+        rows = member_rows(x, M2 // 2)
+    # one fused gather-and-add: measured 10-30% faster than two index_selects for a population
+    Z = nnf.embedding_bag(rows, W.reshape(-1, K), mode="sum")  # (S·n, K)
+    return Z.view(*x.shape[:2], K)
 
 
 def hidden(W: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -116,9 +130,9 @@ def readout(F: torch.Tensor, V: torch.Tensor, output_scale: float = 1.0) -> torc
 
 
 def forward(W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, activation: str,
-            output_scale: float = 1.0) -> torch.Tensor:
-    """Outputs Ŷ = β σ(XW) V: (n, M) or (S, n, M)."""
-    return readout(hidden(W, x, activation), V, output_scale)
+            output_scale: float = 1.0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Outputs Ŷ = β σ(XW) V: (n, M) or (S, n, M); ``rows`` as for :func:`preactivation`."""
+    return readout(sigma(preactivation(W, x, rows), activation), V, output_scale)
 
 
 def loss_rows(name: str, out: torch.Tensor, y: torch.Tensor,
