@@ -1,7 +1,7 @@
 """Muon optimizer: each preset against a re-derivation or torch's own optimizer, checkpoints, errors.
 
 The references below are written with plain tensor ops (no call into li2_lightning.optim), from
-SPEC §8 (li2) and KellerJordan/Muon's ``muon_update`` (keller).
+docs/theory.md §8 (li2) and KellerJordan/Muon's ``muon_update`` (keller).
 """
 
 import copy
@@ -15,7 +15,7 @@ from torch import nn
 from li2_lightning.optim import Muon
 
 LI2_TRIPLES = [(4.01, -9.22, 5.80), (3.49, -6.38, 3.23), (3.34, -6.21, 3.20), (3.64, -7.48, 4.43),
-               (3.46, -5.35, 2.85)]  # SPEC §8, typed in again rather than imported
+               (3.46, -5.35, 2.85)]  # docs/theory.md §8, typed in again rather than imported
 QUINTIC = (3.4445, -4.7750, 2.0315)
 
 

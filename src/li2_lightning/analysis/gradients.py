@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as nnf
 
 from li2_lightning.functional import model as fm
-from li2_lightning.functional.model import hidden, preactivation, sigma, sigma_prime
+from li2_lightning.functional.model import hidden, preactivation, sigma, sigma_prime  # noqa: F401 (re-exported)
 
 #: The losses of :func:`loss_value`: the training losses and the theory's J.
 LOSSES = fm.LOSSES + ("theory",)
