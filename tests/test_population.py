@@ -52,11 +52,14 @@ def _li2_run(group, K, seed, split_seed, train_fraction, opt, epochs, **model_kw
 def _li2module_optimizer(spec, lr, wd, muon_lr):
     """The optimizer a separate Li2Module run gets, built from torch and li2_lightning.optim directly."""
     if spec.name == "muon":
-        return lambda p: Muon(p, lr=muon_lr, adam_lr=lr, weight_decay=wd, preset=spec.preset)
+        return lambda p: Muon(p, lr=muon_lr, adam_lr=lr, weight_decay=wd, preset=spec.preset, momentum=spec.momentum,
+                              nesterov=spec.nesterov, ns_steps=spec.ns_steps, ns_dtype=spec.ns_dtype,
+                              adam_decoupled=spec.adam_decoupled, adam_betas=spec.betas, adam_eps=spec.eps)
     if spec.name == "sgd":
-        return lambda p: torch.optim.SGD(p, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0)
+        return lambda p: torch.optim.SGD(p, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0,
+                                         nesterov=bool(spec.nesterov))
     cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-    return lambda p: cls(p, lr=lr, weight_decay=wd)
+    return lambda p: cls(p, lr=lr, weight_decay=wd, betas=spec.betas, eps=spec.eps)
 
 
 # (optimizer, members): every optimizer and Muon preset Li2Module accepts; Muon's with per-member muon_lr
@@ -67,10 +70,15 @@ CASES = [
     (OptimizerSpec("muon", preset="li2"), 4),
     (OptimizerSpec("muon", preset="keller"), 4),
     (OptimizerSpec("muon", preset="torch"), 4),  # bfloat16 Newton-Schulz, batched over members
+    # every override Muon takes, away from the preset's defaults
+    (OptimizerSpec("muon", preset="keller", momentum=0.9, nesterov=False, ns_steps=3, ns_dtype="bfloat16",
+                   adam_decoupled=False, betas=(0.8, 0.99), eps=1e-6), 4),
+    (OptimizerSpec("sgd", momentum=0.5, nesterov=True), 4),
 ]
 
 
-@pytest.mark.parametrize("spec, S", CASES, ids=[c[0].preset if c[0].name == "muon" else c[0].name for c in CASES])
+@pytest.mark.parametrize("spec, S", CASES, ids=["adam", "adamw", "sgd", "li2", "keller", "torch", "keller_overrides",
+                                                  "sgd_nesterov"])
 def test_population_matches_separate_li2module_runs(spec, S):
     group, K, epochs = "Z11", 24, 25
     seeds = list(range(S))
