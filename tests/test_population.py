@@ -162,6 +162,12 @@ def test_rejects_bad_settings():
         OptimizerSpec("lion")
     with pytest.raises(ValueError, match="preset"):
         OptimizerSpec("muon", preset="adam")
+    with pytest.raises(ValueError, match="momentum=1.5"):
+        OptimizerSpec("sgd", momentum=1.5)
+    with pytest.raises(ValueError, match="nesterov"):
+        OptimizerSpec("sgd", nesterov=True)
+    with pytest.raises(ValueError, match="ns_steps"):
+        OptimizerSpec("muon", preset="li2", ns_steps=6)
     with pytest.raises(ValueError, match="seeds"):
         make_members([])
     with pytest.raises(ValueError, match="members"):

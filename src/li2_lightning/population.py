@@ -136,6 +136,10 @@ class OptimizerSpec:
         if self.preset not in updates.MUON_PRESETS:
             raise ValueError(f"preset={self.preset!r} is not a Muon preset; accepted: {list(updates.MUON_PRESETS)}")
         object.__setattr__(self, "betas", tuple(self.betas))
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum={self.momentum!r} is out of range; accepted: [0, 1)")
+        if self.name == "sgd" and self.nesterov and not self.momentum:
+            raise ValueError("nesterov=True with optimizer='sgd' needs a momentum > 0 (as torch.optim.SGD)")
         if self.name == "muon":  # Muon's own checks, on a stand-in matrix
             from li2_lightning.optim import Muon
 
