@@ -102,6 +102,39 @@ def test_population_matches_separate_li2module_runs(spec, S):
         torch.testing.assert_close(pop.V[s].detach(), model.net.V.detach(), atol=1e-5, rtol=1e-4)
 
 
+# the model variants of docs/theory.md §10, shared by the members
+VARIANTS = [dict(hidden_layers=3), dict(hidden_layers=2, residual=True, activation="relu"),
+            dict(complex_weights=True), dict(top_layer="ridge", ridge_lambda=0.05),
+            dict(hidden_layers=2, complex_weights=True, top_layer="ridge", ridge_lambda=0.05),
+            dict(hidden_layers=3, V_init_scale=0.0)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["deep", "residual_relu", "complex", "ridge", "complex_deep_ridge",
+                                                   "deep_zero_init"])
+def test_population_variants_match_separate_li2module_runs(variant):
+    group, K, epochs, seeds = "Z11", 24, 15, [0, 1]
+    variant = dict(variant)
+    scale = variant.pop("V_init_scale", 1.0)
+    members = make_members(seeds, split_seed=[10, 11], train_fraction=[0.3, 0.5], lr=[1e-2, 3e-3],
+                           weight_decay=[2e-4, 1e-3], V_init_scale=scale)
+    pop = PopulationModule(group, K, members=members, optimizer=OptimizerSpec("adam"), analyze=False, **variant)
+    train_population(pop, epochs, accelerator="cpu")
+    got = pop.lightning_metrics()
+    for s in range(2):
+        opt = _li2module_optimizer(OptimizerSpec("adam"), members[s].lr, members[s].weight_decay, None)
+        model, ref = _li2_run(group, K, seeds[s], 10 + s, [0.3, 0.5][s], opt, epochs, V_init_scale=scale, **variant)
+        for key, values in ref.items():
+            torch.testing.assert_close(got[key][:, s], torch.tensor(values), atol=5e-5, rtol=5e-5,
+                                       msg=lambda m: f"member {s}, {key}: {m}")
+        for mine, theirs in zip([pop.W, *pop.U, pop.V], model.net.layer_weights()):
+            torch.testing.assert_close(mine[s].detach(), theirs.detach(), atol=2e-5, rtol=1e-4)
+
+
+def test_complex_population_refuses_muon():
+    with pytest.raises(ValueError, match="muon"):
+        PopulationModule("Z7", 4, complex_weights=True, optimizer=OptimizerSpec("muon"))
+
+
 def test_initial_members_equal_li2module_init():
     pop = PopulationModule("Z7", 5, members=make_members([3, 9], V_init_scale=[1.0, 0.0]), analyze=False)
     for s, (seed, scale) in enumerate([(3, 1.0), (9, 0.0)]):

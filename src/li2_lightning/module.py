@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from li2_lightning.hooks import HookPoint
 from li2_lightning.losses import check_loss, loss_sum
-from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K
+from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K, check_variant
 from li2_lightning.probe import Li2Probe
 
 
@@ -23,6 +24,19 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 
 _NAN_ADVICE = ("lower the learning rate or output_scale; the last checkpoint written holds the last "
                "weights with a finite loss (resume from it with --ckpt_path)")
+
+
+# Said once per process: what the two-layer monitors mean on a model variant (docs/theory.md §10).
+_VARIANT_DIAGNOSTICS = (
+    "Li2Module with hidden_layers > 1, complex_weights or top_layer='ridge': the monitors of "
+    "li2_lightning.callbacks read the probe's W (first layer) and V and the top hidden layer's F. For a deep "
+    "net F is the top layer's, while energy, purity and coverage describe W, and the ridge/η diagnostics "
+    "(r_V, G_F(∞)) assume the two-layer fixed point; with complex weights these monitors are not defined "
+    "(their σ(XW) is real). Use li2_lightning.callbacks.LayerMonitor for per-layer G_l, alignment, movement, "
+    "features and onset epochs (docs/theory.md §10).")
+
+
+TopLayerName = Literal["learned", "ridge"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,6 +62,14 @@ class Li2Module(pl.LightningModule):
         M: group order; None to take it from the datamodule.
         V_init_scale: multiplier on V's initial values (0: zero-init V).
         output_scale: output multiplier β.
+        hidden_layers: L ≥ 1 hidden layers (1: the paper's two-layer net); layers 2..L are K×K and
+            bias-free (docs/theory.md §10).
+        residual: layers 2..L compute σ(F + F U) instead of σ(F U).
+        complex_weights: complex W, U, V; loss and accuracy on the real part of the output
+            (needs ``activation="sqr"``).
+        top_layer: ``"learned"`` (default) or ``"ridge"``: V is set to the ridge solution of the
+            current features before every training step and not trained (needs ``loss="mse"``).
+        ridge_lambda: the ridge η of ``top_layer="ridge"``.
         optimizer: called with ``named_parameters()``; default Adam lr 1e-3, weight decay 2e-4.
         scheduler: optional LR scheduler, called with the optimizer, stepped every epoch.
 
@@ -63,6 +85,11 @@ class Li2Module(pl.LightningModule):
         M: Optional[int] = None,
         V_init_scale: float = 1.0,
         output_scale: float = 1.0,
+        hidden_layers: int = 1,
+        residual: bool = False,
+        complex_weights: bool = False,
+        top_layer: TopLayerName = "learned",
+        ridge_lambda: float = 1e-3,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
@@ -70,6 +97,7 @@ class Li2Module(pl.LightningModule):
         check_M_K(2 if M is None else M, K)
         activation_fn(activation)
         check_loss(loss)
+        check_variant(activation, hidden_layers, complex_weights, top_layer, ridge_lambda, loss)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net: Optional[TwoLayerNet] = None
@@ -79,7 +107,11 @@ class Li2Module(pl.LightningModule):
 
     def _build(self, M: int) -> None:
         hp = self.hparams
-        self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale)
+        variant = {k: hp.get(k, d) for k, d in (("hidden_layers", 1), ("residual", False), ("complex_weights", False),
+                                                ("top_layer", "learned"), ("ridge_lambda", 1e-3))}
+        self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale, **variant)
+        if variant["hidden_layers"] > 1 or variant["complex_weights"] or variant["top_layer"] == "ridge":
+            rank_zero_warn(_VARIANT_DIAGNOSTICS, category=UserWarning)
         # weighted means and counts that torchmetrics syncs across ranks: exact under DDP shards
         # A NaN must show, not be dropped; nan_strategy="disable" would also drop the weights
         # (torchmetrics 1.9), so NaN is "imputed" with NaN.
@@ -87,6 +119,15 @@ class Li2Module(pl.LightningModule):
         self.val_loss = MeanMetric(nan_strategy=float("nan"))
         self.train_acc = MulticlassAccuracy(num_classes=M, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=M, average="micro")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """With ``top_layer="ridge"``: V ← the ridge solution of this batch's top features (docs/theory.md §10).
+
+        Full batch (the paper's setting) makes it the solution on the whole training set; under
+        DDP each rank would solve on its own shard, so ridge runs use one device.
+        """
+        if self.net is not None and self.net.top_layer == "ridge":
+            self.net.fit_top_layer_(batch[0], batch[1])
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

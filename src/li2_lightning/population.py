@@ -1,4 +1,4 @@
-"""Population training: S independent two-layer nets trained as one batched computation.
+"""Population training: S independent nets trained as one batched computation.
 
 A sweep point of the Li2 experiments is tiny (one Z_M table, one 2M×K and one K×M matrix); one of
 them cannot keep a machine busy. :class:`PopulationModule` stacks S members of the same shape,
@@ -39,7 +39,7 @@ from li2_lightning.data import P_STAR_C, resolve_n_train, split_pairs
 from li2_lightning.functional import model as fm
 from li2_lightning.functional import updates
 from li2_lightning.groups import make_group
-from li2_lightning.nets import TwoLayerNet
+from li2_lightning.nets import TwoLayerNet, check_variant
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 THRESHOLDS = (("train_acc", 1.0), ("test_acc", 0.5), ("test_acc", 0.99))
@@ -196,15 +196,18 @@ class PopulationOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
+                grad = p.grad
+                if p.is_complex():  # as torch's optimizers do: update the (real, imaginary) pairs
+                    p, grad = torch.view_as_real(p), torch.view_as_real(grad)
                 if spec.name == "muon" and group["use_muon"]:
-                    updates.muon_(p, p.grad, state, lr=group["muon_lr"], weight_decay=wd, preset=preset,
+                    updates.muon_(p, grad, state, lr=group["muon_lr"], weight_decay=wd, preset=preset,
                                   ns_steps=spec.ns_steps)
                 elif spec.name == "sgd":
-                    updates.sgd_(p, p.grad, state, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0,
+                    updates.sgd_(p, grad, state, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0,
                                  nesterov=bool(spec.nesterov))
                 else:
                     decoupled = spec.name == "adamw" or (spec.name == "muon" and preset.adam_decoupled)
-                    updates.adam_(p, p.grad, state, lr=lr, weight_decay=wd, betas=spec.betas, eps=spec.eps,
+                    updates.adam_(p, grad, state, lr=lr, weight_decay=wd, betas=spec.betas, eps=spec.eps,
                                   decoupled=decoupled)
         return loss
 
@@ -232,6 +235,9 @@ class PopulationModule(pl.LightningModule):
             :func:`make_members` builds them from seeds and per-member lists.
         optimizer: the :class:`OptimizerSpec` (or a dict of its fields) every member runs.
         activation, loss, output_scale: as for ``Li2Module``.
+        hidden_layers, residual, complex_weights, top_layer, ridge_lambda: the model variant, as for
+            ``Li2Module`` (docs/theory.md §10), shared by every member. With ``top_layer="ridge"``
+            each member's V is its own ridge solution on its own training rows before every step.
         p_star_c: c in p* = c ln M / M (for ``p_star_multiplier``).
         stop_at_test_acc: stop training once every member's test accuracy is at least this
             (checked every ``check_every`` epochs); None trains for the Trainer's max_epochs.
@@ -244,8 +250,8 @@ class PopulationModule(pl.LightningModule):
         analyze: compute per-member energy and irrep coverage in :meth:`results`.
 
     Raises:
-        ValueError: on no members, ``muon_lr`` without Muon, or any setting ``Li2Module`` /
-            ``GroupArithmeticDataModule`` would refuse.
+        ValueError: on no members, ``muon_lr`` without Muon, Muon with complex weights, or any
+            setting ``Li2Module`` / ``GroupArithmeticDataModule`` would refuse.
     """
 
     def __init__(
@@ -257,6 +263,11 @@ class PopulationModule(pl.LightningModule):
         activation: str = "sqr",
         loss: str = "mse",
         output_scale: float = 1.0,
+        hidden_layers: int = 1,
+        residual: bool = False,
+        complex_weights: bool = False,
+        top_layer: str = "learned",
+        ridge_lambda: float = 1e-3,
         p_star_c: float = P_STAR_C,
         stop_at_test_acc: Optional[float] = None,
         check_every: int = 50,
@@ -271,12 +282,18 @@ class PopulationModule(pl.LightningModule):
             raise ValueError("members=[] gives an empty population; accepted: one MemberSettings per member")
         self.save_hyperparameters({"group": group, "K": K, "members": [dataclasses.asdict(m) for m in members],
                                    "optimizer": dataclasses.asdict(spec), "activation": activation, "loss": loss,
-                                   "output_scale": output_scale, "p_star_c": p_star_c,
+                                   "output_scale": output_scale, "hidden_layers": hidden_layers,
+                                   "residual": residual, "complex_weights": complex_weights,
+                                   "top_layer": top_layer, "ridge_lambda": ridge_lambda, "p_star_c": p_star_c,
                                    "stop_at_test_acc": stop_at_test_acc, "check_every": check_every,
                                    "eval_every": eval_every, "log_every_n_epochs": log_every_n_epochs,
                                    "analyze": analyze})
         fm.check_activation(activation)
         fm.check_loss(loss)
+        check_variant(activation, hidden_layers, complex_weights, top_layer, ridge_lambda, loss)
+        if complex_weights and spec.name == "muon":
+            raise ValueError("complex_weights=True with optimizer='muon': Muon's Newton-Schulz step is defined for "
+                             "real matrices; accepted: 'adam', 'adamw' or 'sgd'")
         for name, value in (("check_every", check_every), ("eval_every", eval_every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is not accepted; accepted: an integer >= 1")
@@ -296,15 +313,17 @@ class PopulationModule(pl.LightningModule):
                          for m in members]
 
         # member s drawn exactly as Li2Module under seed_everything(seed_s); the global RNG is kept
-        Ws, Vs = [], []
+        nets = []
         with torch.random.fork_rng(devices=[]):
             for m in members:
                 torch.manual_seed(m.seed)
-                net = TwoLayerNet(M, K, activation, m.V_init_scale, output_scale)
-                Ws.append(net.W.detach())
-                Vs.append(net.V.detach())
-        self.W = torch.nn.Parameter(torch.stack(Ws))  # (S, 2M, K)
-        self.V = torch.nn.Parameter(torch.stack(Vs))  # (S, K, M)
+                nets.append(TwoLayerNet(M, K, activation, m.V_init_scale, output_scale, hidden_layers, residual,
+                                        complex_weights, top_layer, ridge_lambda))
+        self.W = torch.nn.Parameter(torch.stack([net.W.detach() for net in nets]))  # (S, 2M, K)
+        self.V = torch.nn.Parameter(torch.stack([net.V.detach() for net in nets]),  # (S, K, M)
+                                    requires_grad=top_layer == "learned")
+        self.U = torch.nn.ParameterList(  # layers 2..L, each (S, K, K)
+            [torch.nn.Parameter(torch.stack([net.U[l].detach() for net in nets])) for l in range(hidden_layers - 1)])
 
         tr, te = zip(*(split_pairs(M, self.n_trains[s], self.split_seeds[s]) for s in range(S)))
         self._register_rows("tr", tr)
@@ -346,7 +365,20 @@ class PopulationModule(pl.LightningModule):
         """Outputs (S, rows, M) of every member on its padded train (``"tr"``) or test (``"te"``) rows."""
         hp = self.hparams
         return fm.forward(self.W, self.V, getattr(self, f"{prefix}_x"), hp.activation, hp.output_scale,
-                          rows=getattr(self, f"{prefix}_rows"))
+                          rows=getattr(self, f"{prefix}_rows"), U=list(self.U), residual=hp.residual)
+
+    @torch.no_grad()
+    def fit_top_layer_(self) -> None:
+        """``top_layer="ridge"``: each member's V ← the ridge solution of its top features on its own
+        training rows (:func:`li2_lightning.analysis.layers.ridge_readout`, as ``TwoLayerNet.fit_top_layer_``)."""
+        from li2_lightning.analysis.layers import ridge_readout
+
+        hp = self.hparams
+        F = fm.hidden(self.W, self.tr_x, hp.activation, list(self.U), hp.residual, rows=self.tr_rows)  # (S, rows, K)
+        for s in range(self.S):
+            n = int(self.tr_n[s])
+            self.V[s].copy_(ridge_readout(F[s, :n], self.tr_y[s, :n], self.M, hp.ridge_lambda,
+                                          hp.output_scale).to(self.V.dtype))
 
     def _member_metrics(self, out: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member mean loss (S,) and accuracy (S,) over the member's real rows."""
@@ -359,12 +391,16 @@ class PopulationModule(pl.LightningModule):
         return loss.masked_fill(empty, float("nan")), acc.masked_fill(empty, float("nan"))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        tr_loss, tr_acc = self._member_metrics(self.logits("tr"), "tr")
+        # test metrics before a ridge top layer is refitted: θ_t is (W_t, V fitted on W_{t-1}'s
+        # features), as Li2Module's validation after step t-1 sees it
         if self.current_epoch % self.hparams.eval_every == 0:
             with torch.no_grad():
                 te_loss, te_acc = self._member_metrics(self.logits("te"), "te")
         else:
-            te_loss = te_acc = torch.full_like(tr_acc, float("nan"))
+            te_loss = te_acc = torch.full((self.S,), float("nan"), device=self.W.device)
+        if self.hparams.top_layer == "ridge":
+            self.fit_top_layer_()
+        tr_loss, tr_acc = self._member_metrics(self.logits("tr"), "tr")
         row = torch.stack([tr_loss.detach(), tr_acc, te_loss, te_acc], 1)  # (S, 4) at θ_t
         if self._hist is None or self._steps >= self._hist.shape[0]:
             self._grow_history()
@@ -415,8 +451,8 @@ class PopulationModule(pl.LightningModule):
             vals = [getattr(m, name) if getattr(m, name) is not None else getattr(m, default) for m in self.members]
             return torch.tensor(vals, dtype=torch.float64)  # float64: rounded to the parameters' dtype as torch does
 
-        groups = ([{"params": [self.W], "use_muon": True}, {"params": [self.V]}]
-                  if self.spec.name == "muon" else [{"params": [self.W, self.V]}])
+        groups = ([{"params": [self.W], "use_muon": True}, {"params": [self.V, *self.U]}]
+                  if self.spec.name == "muon" else [{"params": [self.W, self.V, *self.U]}])
         return PopulationOptimizer(groups, self.spec, lr=column("lr"), weight_decay=column("weight_decay"),
                                    muon_lr=column("muon_lr", "lr"))
 
@@ -452,6 +488,9 @@ class PopulationModule(pl.LightningModule):
                    "train_fraction": self.n_trains[s] / self.M**2, "lr": m.lr,
                    "weight_decay": m.weight_decay, "V_init_scale": m.V_init_scale,
                    "optimizer": self.spec.name, "activation": hp.activation, "loss": hp.loss,
+                   "hidden_layers": hp.hidden_layers, "residual": hp.residual,
+                   "complex_weights": hp.complex_weights, "top_layer": hp.top_layer,
+                   **({"ridge_lambda": hp.ridge_lambda} if hp.top_layer == "ridge" else {}),
                    "epochs": T, "stopped_early": self._stopped_early}
             if self.spec.name == "muon":
                 row["muon_lr"] = m.lr if m.muon_lr is None else m.muon_lr
@@ -472,7 +511,9 @@ class PopulationModule(pl.LightningModule):
 
     @torch.no_grad()
     def _analysis(self) -> list[dict]:
-        """Per-member mean normalized energy (train rows) and irrep coverage; {} where unavailable."""
+        """Per-member mean normalized energy (train rows) and irrep coverage of the first layer W;
+        {} where unavailable. With complex weights the coverage is that of [Re W, Im W] (2K nodes)
+        and the energy, defined for a real σ(Xw), is left out (docs/theory.md §10)."""
         try:
             from li2_lightning.analysis.energy import normalized_energy
             from li2_lightning.analysis.irreps import fourier_blocks, is_cyclic_table, real_blocks
@@ -483,6 +524,9 @@ class PopulationModule(pl.LightningModule):
         rows = []
         for s in range(self.S):
             W = self.W[s].detach().cpu()
+            if W.is_complex():
+                rows.append(coverage(torch.cat([W.real, W.imag], dim=1), basis))
+                continue
             n = int(self.tr_n[s])
             x = self.tr_x[s, :n].cpu()
             y = self.tr_y[s, :n].cpu()

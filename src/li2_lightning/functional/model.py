@@ -1,15 +1,19 @@
-"""The two-layer net's math as pure functions: Ŷ = β σ(XW) V (docs/theory.md §1, §2).
+"""The net's math as pure functions: Ŷ = β σ(XW) V and its variants (docs/theory.md §1, §2, §10).
 
 Shapes: group order M, hidden width K, n rows. One net has W (2M, K), V (K, M) and index pairs
 x (n, 2) holding (h1, h2); S nets at once (a population) have W (S, 2M, K), V (S, K, M) and
 x (S, n, 2), and every result gains the same leading S. X, the one-hot of h1 beside the one-hot
 of h2, is never built: XW is the gather W[h1] + W[M + h2].
+
+Variants (docs/theory.md §10): ``U`` is a sequence of K×K matrices (layers 2..L, each (K, K) or
+(S, K, K)), applied as F ← σ(F U), or F ← σ(F + F U) with ``residual``; complex W, U, V give a
+complex F and the real part of F V as the output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.nn import functional as nnf
@@ -71,6 +75,24 @@ def check_M_K(M: int, K: int) -> None:
         raise ValueError(f"K={K!r} is not a valid hidden width; accepted: an integer >= 1")
 
 
+#: Activations defined on complex numbers (holomorphic polynomials); ReLU and SiLU are not.
+COMPLEX_ACTIVATIONS = ("sqr",)
+
+
+def check_complex(activation: str) -> None:
+    """Raise ValueError unless ``activation`` can take complex preactivations (complex weights)."""
+    if activation not in COMPLEX_ACTIVATIONS:
+        raise ValueError(f"complex_weights=True with activation={activation!r}: σ must be defined on complex "
+                         f"numbers (ReLU, SiLU and ReLU² need an order on them); accepted: {list(COMPLEX_ACTIVATIONS)}")
+
+
+def check_hidden_layers(hidden_layers: int) -> None:
+    """Validate the number L of hidden layers (user input): 1 is the two-layer net."""
+    if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 1:
+        raise ValueError(f"hidden_layers={hidden_layers!r} is not accepted; accepted: an integer >= 1 "
+                         "(1: the paper's two-layer net)")
+
+
 def sigma(z: torch.Tensor, activation: str) -> torch.Tensor:
     """σ(z) elementwise."""
     return check_activation(activation).sigma(z)
@@ -107,6 +129,10 @@ def preactivation(W: torch.Tensor, x: torch.Tensor, rows: Optional[torch.Tensor]
     Returns:
         (n, K) or (S, n, K).
     """
+    if W.is_complex():  # gather the (real, imaginary) pairs; embedding_bag takes no complex tensors
+        Wr = torch.view_as_real(W)  # (..., 2M, K, 2)
+        Z = preactivation(Wr.flatten(-2), x, rows)  # (..., n, 2K)
+        return torch.view_as_complex(Z.unflatten(-1, (W.shape[-1], 2)).contiguous())
     M2, K = W.shape[-2:]
     if W.dim() == 2:
         # index_select's backward is an index_add, cheaper than advanced indexing's index_put
@@ -118,21 +144,61 @@ def preactivation(W: torch.Tensor, x: torch.Tensor, rows: Optional[torch.Tensor]
     return Z.view(*x.shape[:2], K)
 
 
-def hidden(W: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """F = σ(XW): (n, K) or (S, n, K), see :func:`preactivation`."""
-    return sigma(preactivation(W, x), activation)
+def layer(F: torch.Tensor, U: torch.Tensor, activation: str, residual: bool = False) -> torch.Tensor:
+    """One K×K hidden layer: σ(F U), or σ(F + F U) with ``residual`` (docs/theory.md §10).
+
+    Row convention as W's: column j of U feeds node j, so x ← σ(x + U x) of the author's code on
+    a column vector x is F ← σ(F + F U) on the rows F (n, K) (U (K, K); with S, F (S, n, K) and
+    U (S, K, K)).
+    """
+    Z = F @ U
+    return sigma(F + Z if residual else Z, activation)
+
+
+def hidden_stack(W: torch.Tensor, x: torch.Tensor, activation: str, U: Sequence[torch.Tensor] = (),
+                 residual: bool = False, rows: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """Every hidden layer's activations [F_1, ..., F_L], F_1 = σ(XW), F_l = :func:`layer` (F_{l-1}, U_l).
+
+    Args:
+        W: (2M, K) or (S, 2M, K). x, rows: as for :func:`preactivation`.
+        U: L − 1 matrices (K, K) or (S, K, K), layers 2..L (empty: the two-layer net).
+        residual: F_l = σ(F_{l-1} + F_{l-1} U_l).
+
+    Returns:
+        L tensors (n, K) or (S, n, K).
+    """
+    Fs = [sigma(preactivation(W, x, rows), activation)]
+    for U_l in U:
+        Fs.append(layer(Fs[-1], U_l, activation, residual))
+    return Fs
+
+
+def hidden(W: torch.Tensor, x: torch.Tensor, activation: str, U: Sequence[torch.Tensor] = (),
+           residual: bool = False, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F = the top hidden layer's activations, σ(XW) for the two-layer net: (n, K) or (S, n, K)."""
+    F = sigma(preactivation(W, x, rows), activation)
+    for U_l in U:
+        F = layer(F, U_l, activation, residual)
+    return F
 
 
 def readout(F: torch.Tensor, V: torch.Tensor, output_scale: float = 1.0) -> torch.Tensor:
-    """Ŷ = β F V: F (n, K) and V (K, M), or F (S, n, K) and V (S, K, M), to (n, M) or (S, n, M)."""
+    """Ŷ = β F V: F (n, K) and V (K, M), or F (S, n, K) and V (S, K, M), to (n, M) or (S, n, M).
+
+    Complex F and V give the real part, Re(β F V): the author's code trains and predicts on it.
+    """
     out = F @ V
+    if out.is_complex():
+        out = out.real
     return out if output_scale == 1.0 else out * output_scale
 
 
 def forward(W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, activation: str,
-            output_scale: float = 1.0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Outputs Ŷ = β σ(XW) V: (n, M) or (S, n, M); ``rows`` as for :func:`preactivation`."""
-    return readout(sigma(preactivation(W, x, rows), activation), V, output_scale)
+            output_scale: float = 1.0, rows: Optional[torch.Tensor] = None,
+            U: Sequence[torch.Tensor] = (), residual: bool = False) -> torch.Tensor:
+    """Outputs Ŷ = β F_L V: (n, M) or (S, n, M); ``rows`` as for :func:`preactivation`, ``U`` and
+    ``residual`` as for :func:`hidden_stack`."""
+    return readout(hidden(W, x, activation, U, residual, rows), V, output_scale)
 
 
 def loss_rows(name: str, out: torch.Tensor, y: torch.Tensor,
