@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-def block_power(x: Tensor, basis: RealIrrepBasis) -> Tensor:
+def block_power(x: Tensor, basis: RealIrrepBasis, dtype: torch.dtype = torch.float64) -> Tensor:
     """Squared norm of x's component in each block of ``basis`` (no mean removal).
 
     The components are orthogonal, so the powers add up to ‖x‖² along dim 0. Use this for any
@@ -51,9 +51,10 @@ def block_power(x: Tensor, basis: RealIrrepBasis) -> Tensor:
     Args:
         x: (M, ...) real tensor, dim 0 indexed by group element.
         basis: The :class:`RealIrrepBasis` of the group (B blocks).
+        dtype: precision of the projection (float64 by default).
 
     Returns:
-        (B, ...) float64 tensor of powers.
+        (B, ...) tensor of powers in ``dtype``.
 
     Raises:
         ValueError: If ``x.shape[0]`` is not the group order M.
@@ -61,15 +62,15 @@ def block_power(x: Tensor, basis: RealIrrepBasis) -> Tensor:
     M = basis.M
     if x.dim() < 1 or x.shape[0] != M:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (M, ...) with M={M}")
-    x = x.detach().to(torch.float64)
-    coef = basis.Q.to(x.device).T @ x.reshape(M, -1)  # (M, rest): coordinates in the basis
+    x = x.detach().to(dtype)
+    coef = basis.Q.to(x.device, dtype).T @ x.reshape(M, -1)  # (M, rest): coordinates in the basis
     index = basis.block_index.to(x.device)
-    power = torch.zeros(basis.n_blocks, coef.shape[1], dtype=torch.float64, device=x.device)
+    power = torch.zeros(basis.n_blocks, coef.shape[1], dtype=dtype, device=x.device)
     power.index_add_(0, index, coef.pow(2))
     return power.reshape(basis.n_blocks, *x.shape[1:])
 
 
-def irrep_power(W: Tensor, basis: RealIrrepBasis) -> Tensor:
+def irrep_power(W: Tensor, basis: RealIrrepBasis, dtype: torch.dtype = torch.float64) -> Tensor:
     """Per node and operand half, the power of the mean-removed weights in each irrep block.
 
     The trivial block 0 is kept so that indices match ``basis`` blocks; after mean removal it is
@@ -79,16 +80,19 @@ def irrep_power(W: Tensor, basis: RealIrrepBasis) -> Tensor:
         W: (2M, K) first-layer weights; rows 0..M-1 act on h1, rows M..2M-1 on h2.
         basis: The :class:`RealIrrepBasis` of the group (:func:`~li2_lightning.analysis.irreps.
             real_blocks`), B blocks.
+        dtype: precision (float64 by default). float32 is enough for purity and coverage: the
+            powers are sums of M squares of an orthogonal projection, relative error ~1e-6, far
+            below the 0.9 purity threshold's resolution; it halves the cost.
 
     Returns:
-        (K, 2, B) float64 tensor: [j, 0, b] for the h1 half of node j, [j, 1, b] for the h2 half.
+        (K, 2, B) tensor in ``dtype``: [j, 0, b] for the h1 half of node j, [j, 1, b] for the h2 half.
 
     Raises:
         ValueError: If W is not (2M, K).
     """
-    a, b = _halves(W, basis.M)
-    power = torch.stack([block_power(a, basis), block_power(b, basis)])  # (2, B, K)
-    return power.permute(2, 0, 1)
+    a, b = _halves(W, basis.M, dtype)
+    power = block_power(torch.stack([a, b], 1), basis, dtype)  # (B, 2, K): one projection for both halves
+    return power.permute(2, 1, 0)
 
 
 def purity(power: Tensor) -> Tensor:
@@ -291,11 +295,11 @@ def inverse_alignment(W: Tensor, inverse: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
-def _halves(W: Tensor, M: int) -> tuple[Tensor, Tensor]:
+def _halves(W: Tensor, M: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
     """Mean-removed operand halves a, b of W, each (M, K) float64."""
     if W.dim() != 2 or W.shape[0] != 2 * M:
         raise ValueError(f"W has shape {tuple(W.shape)}; expected (2M, K) with M={M}")
-    W = W.detach().to(torch.float64)
+    W = W.detach().to(dtype)
     a, b = W[:M], W[M:]
     return a - a.mean(0), b - b.mean(0)
 

@@ -16,7 +16,9 @@ from li2_lightning.callbacks.base import Li2Callback
 from li2_lightning.callbacks.energy_monitor import EnergyMonitor
 from li2_lightning.callbacks.feature_monitor import FeatureMonitor
 from li2_lightning.callbacks.gf_structure import GFStructureMonitor
+from li2_lightning.callbacks.layer_monitor import LayerMonitor
 from li2_lightning.callbacks.milestones import AccuracyMilestones
 from li2_lightning.callbacks.stage_monitor import StageMonitor
 
-__all__ = ["Li2Callback", "GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor", "AccuracyMilestones"]
+__all__ = ["Li2Callback", "GFStructureMonitor", "EnergyMonitor", "FeatureMonitor", "StageMonitor", "AccuracyMilestones",
+           "LayerMonitor"]

@@ -3,7 +3,9 @@
 A monitor supplies only its computation: :meth:`Li2Callback.compute` maps the epoch's
 :class:`~li2_lightning.callbacks.snapshot.Snapshot` to scalars, and :meth:`Li2Callback.media`
 optionally writes images or tables. The base class decides when to act (``every_n_epochs``:
-epochs 0, n, 2n, ... and the last, never in the sanity check), shares one snapshot per epoch
+epochs 0, n, 2n, ... and the last, never in the sanity check; the keys users monitor are logged
+then, the rest of a monitor's keys, its *detail*, every ``detail_every_n_epochs``, since each
+logged key costs ~0.5 ms in Lightning), shares one snapshot per epoch
 with the other Li2 callbacks of the Trainer, logs the scalars with one ``pl_module.log_dict``
 call (so they reach ``trainer.callback_metrics``: EarlyStopping and ModelCheckpoint can monitor
 them, and loggers write them in the epoch's row, at the step of ``train/*``), keeps a history
@@ -13,12 +15,10 @@ with different settings apart.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -33,21 +33,26 @@ class Li2Callback(Callback):
     """Base of the Li2 monitors: cadence, the shared snapshot, logging, history and state.
 
     Args:
-        every_n_epochs: cadence of the scalars (epochs 0, n, 2n, ... and the last).
+        every_n_epochs: cadence of the scalars users monitor (epochs 0, n, 2n, ... and the last).
+        detail_every_n_epochs: cadence of the monitor's other scalars (0: never).
 
     Raises:
-        ValueError: if ``every_n_epochs`` is not an integer >= 1.
+        ValueError: if ``every_n_epochs`` is not an integer >= 1 or ``detail_every_n_epochs`` not
+            one >= 0.
     """
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
+    def __init__(self, every_n_epochs: int = 1, detail_every_n_epochs: int = 0) -> None:
         check_positive_int("every_n_epochs", every_n_epochs)
+        check_positive_int("detail_every_n_epochs", detail_every_n_epochs, allow_zero=True)
         self.every_n_epochs = every_n_epochs
+        self.detail_every_n_epochs = detail_every_n_epochs
         self.history: list[dict[str, float]] = []
         self._cache: Optional[SnapshotCache] = None
 
     # --- what a monitor supplies --------------------------------------------------------------
     def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
-        """Scalars of the epoch's snapshot (called on every rank when :meth:`scalars_due`)."""
+        """Scalars of the epoch's snapshot (called on every rank when :meth:`scalars_due`); the
+        detail keys only when :meth:`detail_due`."""
         raise NotImplementedError
 
     def media(self, trainer: Trainer, s: Snapshot) -> None:
@@ -55,7 +60,7 @@ class Li2Callback(Callback):
 
     def settings(self) -> dict[str, Any]:
         """The settings that tell two instances apart (part of :attr:`state_key`)."""
-        return {"every_n_epochs": self.every_n_epochs}
+        return {"every_n_epochs": self.every_n_epochs, "detail_every_n_epochs": self.detail_every_n_epochs}
 
     def extra_state(self) -> dict[str, Any]:
         """What the monitor keeps in checkpoints besides its history."""
@@ -75,7 +80,11 @@ class Li2Callback(Callback):
         return e % every_n_epochs == 0 or last
 
     def scalars_due(self, trainer: Trainer) -> bool:
-        return self.due(trainer, self.every_n_epochs)
+        return self.due(trainer, self.every_n_epochs) or self.detail_due(trainer)
+
+    def detail_due(self, trainer: Trainer) -> bool:
+        """Whether the detail keys are logged now (``detail_every_n_epochs``)."""
+        return self.due(trainer, self.detail_every_n_epochs)
 
     def snapshot_due(self, trainer: Trainer) -> bool:
         """Whether this epoch needs the snapshot (scalars or media); override for extra cadences."""
@@ -116,8 +125,12 @@ class Li2Callback(Callback):
         if self.scalars_due(trainer):
             scalars = self.compute(s, trainer)
             self.history.append({"epoch": float(trainer.current_epoch), **scalars})
-            log_scalars(pl_module, scalars)
+            self.log_epoch(pl_module, scalars)
         self.media(trainer, s)
+
+    def log_epoch(self, pl_module: LightningModule, scalars: dict[str, float]) -> None:
+        """Log the epoch's scalars: one ``log_dict`` call."""
+        log_scalars(pl_module, scalars)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -170,44 +183,3 @@ def check_unit(name: str, value: Any, lo_open: bool = False) -> None:
     if not ok:
         rng = "(0, 1]" if lo_open else "[0, 1]"
         raise ValueError(f"{name}={value!r} is not accepted; accepted: a number in {rng}")
-
-
-# --- media --------------------------------------------------------------------------------------
-def has_wandb(trainer: Trainer) -> bool:
-    return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
-
-def needs_files(trainer: Trainer) -> bool:
-    """Whether media should go to PNG files: there is a logger other than W&B (none: no files)."""
-    return any(not isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
-
-def media_dir(trainer: Trainer) -> str:
-    """Folder for PNG media: ``<log_dir>/li2`` of the first non-W&B logger (``<default_root_dir>/li2``
-    if it has no folder)."""
-    for lg in trainer.loggers:
-        if not isinstance(lg, WandbLogger):
-            d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
-            if d:
-                return os.path.join(d, "li2")
-    return os.path.join(trainer.default_root_dir, "li2")
-
-
-def log_wandb_media(trainer: Trainer, media: dict[str, Any]) -> None:
-    """W&B media from rank zero, at the step of the epoch's scalars (``trainer/global_step``)."""
-    if not media or not trainer.is_global_zero:
-        return
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
-
-
-def require_wandb():
-    """Import wandb, or say how to get it (the W&B media and tables need it)."""
-    try:
-        import wandb
-    except ImportError as err:  # pragma: no cover - wandb is a dependency of the package
-        raise ModuleNotFoundError(
-            "the Li2 callbacks' W&B histograms, images and tables need wandb: `pip install wandb`, "
-            "or use a logger other than WandbLogger (images are then written as PNG files)") from err
-    return wandb

@@ -11,9 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from li2_lightning.analysis import energy as en
-from li2_lightning.callbacks import _plots
-from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, has_wandb, log_wandb_media, media_dir,
-                                          needs_files, require_wandb)
+from li2_lightning.callbacks import _media, _plots
+from li2_lightning.callbacks.base import Li2Callback, check_positive_int
 from li2_lightning.callbacks.snapshot import Snapshot, get_probe
 
 
@@ -32,23 +31,26 @@ class EnergyMonitor(Li2Callback):
       a complex pair of Z_M against the real one, stay below 1 at their own maximum). With scarce
       data memorisation maxima can exceed 1 (docs/theory.md §4).
 
-    Every ``every_n_epochs`` also ``li2/energy/mean``, ``median``, ``max``; on W&B a histogram
-    ``li2/energy/hist`` of the per-block ratios. Every ``image_every_n_epochs``, for loggers
-    other than W&B, that histogram as a PNG in ``<log_dir>/li2/energy_hist_epoch{epoch}.png``.
+    Every ``every_n_epochs``: ``li2/energy/ratio_mean`` (with the reference) and ``li2/energy/mean``.
+    Every ``detail_every_n_epochs`` the other keys, ``li2/energy/median`` and ``max``, and the
+    histogram ``li2/energy/hist`` of the per-block ratios (on W&B and TensorBoard). Every
+    ``image_every_n_epochs``, for the loggers without histograms (CSV), that histogram as a PNG in
+    ``<log_dir>/li2/energy_hist_epoch{epoch}.png``.
 
     Args:
-        every_n_epochs: cadence (epochs 0, n, 2n, ... and the last).
+        every_n_epochs: cadence of the keys users monitor (epochs 0, n, 2n, ... and the last).
+        detail_every_n_epochs: cadence of the other keys and the histogram; 0: never.
         image_every_n_epochs: cadence of the PNG histogram for non-W&B loggers; 0 disables.
-        histogram: log the W&B histogram at every logged epoch.
+        histogram: log the histogram (W&B, TensorBoard) every ``detail_every_n_epochs``.
         reference: compute the block maxima and the ratios (about a second at the start for Z71).
 
     Raises:
         ValueError: on a cadence that is not a non-negative integer.
     """
 
-    def __init__(self, every_n_epochs: int = 1, image_every_n_epochs: int = 50,
+    def __init__(self, every_n_epochs: int = 1, detail_every_n_epochs: int = 10, image_every_n_epochs: int = 50,
                  histogram: bool = True, reference: bool = True) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, detail_every_n_epochs)
         check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
         self.image_every_n_epochs = image_every_n_epochs
         self.histogram = bool(histogram)
@@ -58,7 +60,7 @@ class EnergyMonitor(Li2Callback):
 
     @override
     def settings(self) -> dict[str, Any]:
-        return {"every_n_epochs": self.every_n_epochs, "image_every_n_epochs": self.image_every_n_epochs,
+        return {**super().settings(), "image_every_n_epochs": self.image_every_n_epochs,
                 "histogram": self.histogram, "reference": self.reference}
 
     @override
@@ -81,18 +83,21 @@ class EnergyMonitor(Li2Callback):
         return float(E[1:].max()) if len(E) > 1 else float("nan")
 
     @override
-    def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
+    def compute(self, s: Snapshot, trainer: Optional[Trainer]) -> dict[str, float]:
         E = s.energy
-        m = {"li2/energy/mean": float(E.mean()), "li2/energy/median": float(E.median()),
-             "li2/energy/max": float(E.max())}
+        detail = trainer is None or self.detail_due(trainer)  # no trainer: every key
+        m = {"li2/energy/mean": float(E.mean())}
+        if detail:
+            m.update({"li2/energy/median": float(E.median()), "li2/energy/max": float(E.max())})
         if self._has_ref():
             r = self.block_ratio(s)
             r = r[~r.isnan()]
-            m.update({"li2/energy/ref": self.E_ref,
-                      "li2/energy/ratio_mean": float(r.mean()) if len(r) else float("nan"),
-                      "li2/energy/ratio_max": float(r.max()) if len(r) else float("nan"),
-                      "li2/energy/ratio_group_mean": float(E.mean()) / self.E_ref,
-                      "li2/energy/ratio_group_max": float(E.max()) / self.E_ref})
+            m["li2/energy/ratio_mean"] = float(r.mean()) if len(r) else float("nan")
+            if detail:
+                m.update({"li2/energy/ref": self.E_ref,
+                          "li2/energy/ratio_max": float(r.max()) if len(r) else float("nan"),
+                          "li2/energy/ratio_group_mean": m["li2/energy/mean"] / self.E_ref,
+                          "li2/energy/ratio_group_max": m["li2/energy/max"] / self.E_ref})
         return m
 
     def block_ratio(self, s: Snapshot) -> torch.Tensor:
@@ -104,17 +109,17 @@ class EnergyMonitor(Li2Callback):
     def media(self, trainer: Trainer, s: Snapshot) -> None:
         if not trainer.is_global_zero:
             return
-        wandb_due = self.histogram and has_wandb(trainer)
-        png_due = needs_files(trainer) and self.due(trainer, self.image_every_n_epochs)
-        if not (wandb_due or png_due):
+        hist_due = self.histogram and self.detail_due(trainer) and _media.has_native(trainer)
+        png_due = bool(_media.file_loggers(trainer)) and self.due(trainer, self.image_every_n_epochs)
+        if not (hist_due or png_due):
             return
         ratio = self.block_ratio(s) if self._has_ref() else s.energy
-        ratio = ratio[~ratio.isnan()]
-        if wandb_due:
-            log_wandb_media(trainer, {"li2/energy/hist": require_wandb().Histogram(ratio.cpu().numpy())})
+        ratio = ratio[~ratio.isnan()].cpu().numpy()
+        if hist_due:
+            _media.log_histogram(trainer, "li2/energy/hist", ratio)
         if png_due:
-            path = os.path.join(media_dir(trainer), f"energy_hist_epoch{trainer.current_epoch:05d}.png")
-            _plots.energy_histogram(ratio, trainer.current_epoch, path)
+            path = os.path.join(_media.media_dir(trainer), f"energy_hist_epoch{trainer.current_epoch:05d}.png")
+            _plots.energy_histogram(torch.from_numpy(ratio), trainer.current_epoch, path)
 
     def _has_ref(self) -> bool:
         return (self.E_block is not None and self.E_ref is not None and math.isfinite(self.E_ref)

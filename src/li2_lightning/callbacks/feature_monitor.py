@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Trainer
 from typing_extensions import override
 
-from li2_lightning.callbacks import _plots
-from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, check_unit, has_wandb, log_wandb_media,
-                                          media_dir, needs_files, require_wandb)
+from li2_lightning.callbacks import _media, _plots
+from li2_lightning.callbacks.base import Li2Callback, check_positive_int, check_unit
 from li2_lightning.callbacks.snapshot import Snapshot
 
 
@@ -22,21 +20,25 @@ class FeatureMonitor(Li2Callback):
     group (Fourier frequencies for Z_M; ``analysis.irreps.real_blocks`` for any group). Every
     ``every_n_epochs``:
 
-    - ``li2/feat/purity_mean``, ``purity_median``: share of a node's power in its dominant block;
+    - ``li2/feat/purity_mean``: mean share of a node's power in its dominant block;
     - ``li2/feat/pure_frac``: share of nodes with purity ≥ ``purity_threshold``;
-    - ``li2/feat/coverage``: share of the non-trivial blocks held by a pure node, and
-      ``li2/feat/n_covered`` (of ``li2/feat/n_blocks``);
+    - ``li2/feat/coverage``: share of the non-trivial blocks held by a pure node.
+
+    Every ``detail_every_n_epochs`` also:
+
+    - ``li2/feat/purity_median``, ``li2/feat/n_covered`` (of ``li2/feat/n_blocks``);
     - ``li2/feat/matching_pure``: mean matching score of the pure nodes (1: the halves match as at
       an energy maximum, b ≈ ±Pa up to the symmetries of E; ``analysis.features.matching_score``);
     - ``li2/feat/pure_dim{d}``: for groups with irreps of several dimensions, the share of pure
       nodes whose block has complex dimension d.
 
     Every ``image_every_n_epochs``: a node × irrep heatmap (share of each node's power per block,
-    nodes sorted by dominant block then purity): ``li2/feat/irrep_power`` on W&B, and
-    ``<log_dir>/li2/irrep_power_epoch{epoch}.png`` for other loggers.
+    nodes sorted by dominant block then purity): ``li2/feat/irrep_power`` on W&B and TensorBoard,
+    and ``<log_dir>/li2/irrep_power_epoch{epoch}.png`` for other loggers (CSV).
 
     Args:
-        every_n_epochs: cadence of the scalars (epochs 0, n, 2n, ... and the last).
+        every_n_epochs: cadence of the scalars users monitor (epochs 0, n, 2n, ... and the last).
+        detail_every_n_epochs: cadence of the other scalars; 0: never.
         image_every_n_epochs: cadence of the heatmap; 0 disables it.
         purity_threshold: purity from which a node counts as pure, in (0, 1].
 
@@ -44,9 +46,9 @@ class FeatureMonitor(Li2Callback):
         ValueError: on a bad cadence or threshold.
     """
 
-    def __init__(self, every_n_epochs: int = 1, image_every_n_epochs: int = 50,
+    def __init__(self, every_n_epochs: int = 1, detail_every_n_epochs: int = 10, image_every_n_epochs: int = 50,
                  purity_threshold: float = 0.9) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, detail_every_n_epochs)
         check_positive_int("image_every_n_epochs", image_every_n_epochs, allow_zero=True)
         check_unit("purity_threshold", purity_threshold, lo_open=True)
         self.image_every_n_epochs = image_every_n_epochs
@@ -54,7 +56,7 @@ class FeatureMonitor(Li2Callback):
 
     @override
     def settings(self) -> dict[str, Any]:
-        return {"every_n_epochs": self.every_n_epochs, "image_every_n_epochs": self.image_every_n_epochs,
+        return {**super().settings(), "image_every_n_epochs": self.image_every_n_epochs,
                 "purity_threshold": self.purity_threshold}
 
     @override
@@ -65,29 +67,28 @@ class FeatureMonitor(Li2Callback):
     def media(self, trainer: Trainer, s: Snapshot) -> None:
         if not (trainer.is_global_zero and self.due(trainer, self.image_every_n_epochs)):
             return
-        epoch = trainer.current_epoch
-        path = os.path.join(media_dir(trainer), f"irrep_power_epoch{epoch:05d}.png") if needs_files(trainer) else None
-        if path is None and not has_wandb(trainer):
+        if not trainer.loggers:
             return
-        rgb = _plots.irrep_heatmap(s.power, s.basis.labels, epoch, path)
-        if has_wandb(trainer):
-            log_wandb_media(trainer, {"li2/feat/irrep_power": require_wandb().Image(rgb, caption=f"epoch {epoch}")})
+        epoch = trainer.current_epoch
+        rgb = _plots.irrep_heatmap(s.power, s.basis.labels, epoch, None)
+        _media.log_image(trainer, "li2/feat/irrep_power", rgb, f"epoch {epoch}", f"irrep_power_epoch{epoch:05d}.png")
 
     @override
     def compute(self, s: Snapshot, trainer: Optional[Trainer] = None) -> dict[str, float]:
-        """Scalars of one snapshot."""
+        """Scalars of one snapshot (all of them without a trainer)."""
         pur = s.purity
         pure = pur >= self.purity_threshold
         covered = s.covered(self.purity_threshold)
         B = covered.shape[0]
         m = {
             "li2/feat/purity_mean": float(pur.mean()),
-            "li2/feat/purity_median": float(pur.median()),
             "li2/feat/pure_frac": float(pure.double().mean()),
             "li2/feat/coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
-            "li2/feat/n_covered": float(covered[1:].sum()),
-            "li2/feat/n_blocks": float(B - 1),
         }
+        if trainer is not None and not self.detail_due(trainer):
+            return m
+        m.update({"li2/feat/purity_median": float(pur.median()), "li2/feat/n_covered": float(covered[1:].sum()),
+                  "li2/feat/n_blocks": float(B - 1)})
         if bool(pure.any()):
             m["li2/feat/matching_pure"] = float(s.matching[pure].mean())
         dims = torch.tensor(s.basis.dims)

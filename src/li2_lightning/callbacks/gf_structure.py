@@ -21,7 +21,10 @@ class GFStructureMonitor(Li2Callback):
 
     - ``li2/gf/align``: a_G = cos(G_F, ỸỸᵀF̃) (Stages I-II: label signal in G_F, Theorem 1);
     - ``li2/gf/norm``: ‖G_F‖ (rises, then decays; to 0 without weight decay);
-    - ``li2/gf/independence``: mean|offdiag(F̃ᵀF̃)| / mean|diag| on the first ``independence_nodes`` nodes;
+    - ``li2/gf/independence``: mean|offdiag(F̃ᵀF̃)| / mean|diag| on the first ``independence_nodes`` nodes.
+
+    Every ``detail_every_n_epochs`` also:
+
     - ``li2/gf/uncovered_share``: share of G_F's class profile ỸᵀG_F on irrep blocks no pure node
       holds yet (Theorem 7), next to ``li2/gf/uncovered_baseline``, the share those blocks have
       of the dimensions (what a G_F without preference gives);
@@ -39,6 +42,7 @@ class GFStructureMonitor(Li2Callback):
 
     Args:
         every_n_epochs: cadence of the cheap observables (epochs 0, n, 2n, ... and the last).
+        detail_every_n_epochs: cadence of the other cheap ones (uncovered share, W and V movement); 0: never.
         heavy_every_n_epochs: cadence of the heavy ones; 0 disables them.
         independence_nodes: nodes in the independence estimate (the first ones; 0 = all K).
         gram_rows: rows in the FFᵀ distance (seeded subset; 0 = all n).
@@ -50,10 +54,10 @@ class GFStructureMonitor(Li2Callback):
             outside (0, 1].
     """
 
-    def __init__(self, every_n_epochs: int = 1, heavy_every_n_epochs: int = 100,
+    def __init__(self, every_n_epochs: int = 1, detail_every_n_epochs: int = 10, heavy_every_n_epochs: int = 100,
                  independence_nodes: int = 128, gram_rows: int = 512, repulsion_pairs: int = 128,
                  purity_threshold: float = 0.9) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, detail_every_n_epochs)
         check_positive_int("heavy_every_n_epochs", heavy_every_n_epochs, allow_zero=True)
         check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
         check_positive_int("gram_rows", gram_rows, allow_zero=True)
@@ -69,7 +73,7 @@ class GFStructureMonitor(Li2Callback):
 
     @override
     def settings(self) -> dict[str, Any]:
-        return {"every_n_epochs": self.every_n_epochs, "heavy_every_n_epochs": self.heavy_every_n_epochs,
+        return {**super().settings(), "heavy_every_n_epochs": self.heavy_every_n_epochs,
                 "independence_nodes": self.independence_nodes, "gram_rows": self.gram_rows,
                 "repulsion_pairs": self.repulsion_pairs, "purity_threshold": self.purity_threshold}
 
@@ -85,18 +89,29 @@ class GFStructureMonitor(Li2Callback):
 
     @override
     def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
-        """The cheap observables, plus the heavy ones when their cadence is due."""
-        return self.observables(s, self.due(trainer, self.heavy_every_n_epochs))
+        """The cheap observables, plus the detail and heavy ones when their cadences are due."""
+        heavy = self.due(trainer, self.heavy_every_n_epochs)
+        return self.observables(s, heavy, detail=heavy or self.detail_due(trainer))
 
-    def observables(self, s: Snapshot, heavy: bool) -> dict[str, float]:
-        """The observables of one snapshot (the cheap ones, plus the heavy ones if ``heavy``)."""
-        covered = s.covered(self.purity_threshold)
-        sizes = torch.tensor(s.basis.sizes, dtype=torch.float64)
-        nontriv = sizes[1:].sum()
+    def observables(self, s: Snapshot, heavy: bool, detail: bool = True) -> dict[str, float]:
+        """The observables of one snapshot: the cheap ones, the detail ones if ``detail``, the heavy
+        ones if ``heavy``."""
         m = {
             "li2/gf/align": s.a_G,
             "li2/gf/norm": s.G_F_norm,
             "li2/gf/independence": s.independence(self.independence_nodes),
+        }
+        if detail:
+            m.update(self._detail(s))
+        if heavy:
+            m.update(self._heavy(s))
+        return m
+
+    def _detail(self, s: Snapshot) -> dict[str, float]:
+        covered = s.covered(self.purity_threshold)
+        sizes = torch.tensor(s.basis.sizes, dtype=torch.float64)
+        nontriv = sizes[1:].sum()
+        m = {
             "li2/gf/uncovered_share": s.uncovered_share(covered),
             "li2/gf/uncovered_baseline": (float(sizes[1:][~covered[1:].cpu()].sum() / nontriv)
                                           if nontriv > 0 else 0.0),
@@ -107,8 +122,6 @@ class GFStructureMonitor(Li2Callback):
             m["li2/W/movement"] = gr.relative_change(s.W, self._W0.to(s.W.device))
             m["li2/V/movement"] = gr.relative_change(s.V, self._V0.to(s.V.device)) if self._V0.norm() > 0 \
                 else float(s.V.norm())
-        if heavy:
-            m.update(self._heavy(s))
         return m
 
     def _heavy(self, s: Snapshot) -> dict[str, float]:

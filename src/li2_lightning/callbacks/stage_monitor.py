@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import asdict, replace
 from typing import Any, Optional
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from li2_lightning.callbacks.base import (Li2Callback, check_positive_int, check_unit, has_wandb, log_scalars,
-                                          media_dir, needs_files, require_wandb, warn_missing_key)
+from li2_lightning.callbacks import _media
+from li2_lightning.callbacks.base import Li2Callback, check_positive_int, check_unit, log_scalars, warn_missing_key
 from li2_lightning.callbacks.snapshot import Snapshot
 from li2_lightning.stages import Memory, Observation, Stage, Thresholds, next_stage
 
@@ -43,12 +42,22 @@ class StageMonitor(Li2Callback):
        some irrep is covered. Without the last condition a wd = 0 run, whose a_G also falls while
        purity still creeps up, would count as interactive.
 
+    **Which signals.** Rules 2 and 4 read a_G's fall, the theory's signal for the class-centred
+    MSE (docs/theory.md §7). With cross-entropy a_G keeps its label alignment through grokking
+    (0.8-0.9 on Z23 with AdamW while test accuracy leaves chance), so ``signal="auto"``
+    switches to the feature signals for any loss but ``"mse"`` and says so once: interactive
+    when purity rises and test accuracy leaves chance, done when test accuracy reaches
+    ``done_val_acc`` (coverage not required), stalled only when the optimizer has no weight
+    decay and neither purity nor test accuracy moves over the window (an optimizer that does not
+    say is never called stalled). See :func:`li2_lightning.stages.next_stage`.
+
     The current stage is :attr:`stage`, a :class:`~li2_lightning.stages.Stage`. Each transition
     is logged as ``stage/<to>_epoch`` and ``stage/<to>/<observable>`` (the values
     that triggered it), appended to the W&B table ``stage/transitions`` and the run summary
-    (``stage/<to>_epoch``, ``stage/current``), or to ``<log_dir>/li2/stages.csv`` for other
-    loggers. ``stage/index`` (:class:`~li2_lightning.stages.Stage`: 0 lazy, 1 independent, 2 interactive, 3 done, −1 stalled) is logged
-    every logged epoch, and as ``stage`` in the progress bar every epoch.
+    (``stage/<to>_epoch``, ``stage/current``), to TensorBoard as text, and to
+    ``<log_dir>/li2/stages.csv`` for loggers with a folder (CSV). ``stage/index``
+    (:class:`~li2_lightning.stages.Stage`: 0 lazy, 1 independent, 2 interactive, 3 done,
+    −1 stalled) is logged every logged epoch, to the logger and the progress bar in one call.
 
     Defaults are calibrated on Z71, K 2048, n 2016, Adam lr 1e-3 with wd 2e-4 and wd 0 (see
     docs/callbacks.md).
@@ -70,10 +79,12 @@ class StageMonitor(Li2Callback):
         independence_nodes: nodes in the independence estimate (0: all).
         train_acc_key: logged metric holding train accuracy (computed when absent).
         val_acc_key: logged metric holding test accuracy (rule 1 and 4 use it when present).
+        signal: ``"auto"`` (a_G for the MSE, the feature signals otherwise), ``"a_G"`` or
+            ``"features"``.
 
     Raises:
-        ValueError: on a cadence or window that is not a positive integer, or a threshold outside
-            its range.
+        ValueError: on a cadence or window that is not a positive integer, a threshold outside
+            its range, or an unknown ``signal``.
     """
 
     def __init__(self, every_n_epochs: int = 1, fit_train_acc: float = 0.99, align_high: float = 0.7,
@@ -81,8 +92,11 @@ class StageMonitor(Li2Callback):
                  generalization_gain: float = 0.1, done_coverage: float = 1.0, done_val_acc: float = 0.99,
                  stall_align: float = 0.3, window_epochs: int = 20,
                  purity_threshold: float = 0.9, independence_nodes: int = 128,
-                 train_acc_key: str = "train/acc", val_acc_key: str = "val/acc") -> None:
+                 train_acc_key: str = "train/acc", val_acc_key: str = "val/acc", signal: str = "auto") -> None:
         super().__init__(every_n_epochs)
+        if signal not in self.SIGNALS:
+            raise ValueError(f"signal={signal!r} is not accepted; accepted: {list(self.SIGNALS)}")
+        self.signal = signal
         check_positive_int("window_epochs", window_epochs)
         check_positive_int("independence_nodes", independence_nodes, allow_zero=True)
         check_unit("purity_threshold", purity_threshold, lo_open=True)
@@ -99,12 +113,15 @@ class StageMonitor(Li2Callback):
         self.transitions: list[dict[str, Any]] = []
         self._warned: set[str] = set()
         self._new_transition = False
+        self._a_G_signal: Optional[bool] = None  # resolved at the first observation
+
+    SIGNALS = ("auto", "a_G", "features")
 
     @override
     def settings(self) -> dict[str, Any]:
         return {"every_n_epochs": self.every_n_epochs, **asdict(self.thresholds),
                 "purity_threshold": self.purity_threshold, "independence_nodes": self.independence_nodes,
-                "train_acc_key": self.train_acc_key, "val_acc_key": self.val_acc_key}
+                "train_acc_key": self.train_acc_key, "val_acc_key": self.val_acc_key, "signal": self.signal}
 
     # --- the rule -------------------------------------------------------------------------------
     def update(self, epoch: int, obs: dict[str, Optional[float]]) -> Optional[dict[str, Any]]:
@@ -113,11 +130,15 @@ class StageMonitor(Li2Callback):
         Args:
             epoch: the epoch.
             obs: ``a_G``, ``independence``, ``purity``, ``coverage``, ``train_acc``, ``val_acc``
-                (None when not logged) and ``M`` (for chance level).
+                (None when not logged), ``M`` (for chance level), and optionally ``a_G_signal``
+                (default: as resolved from ``signal``, else True) and ``weight_decay`` (None: unknown).
         """
+        a_G_signal = obs.get("a_G_signal", self._a_G_signal)
         o = Observation(epoch=epoch, a_G=float(obs["a_G"]), independence=float(obs["independence"]),
                         purity=float(obs["purity"]), coverage=float(obs["coverage"]),
-                        train_acc=obs.get("train_acc"), val_acc=obs.get("val_acc"), M=obs.get("M"))
+                        train_acc=obs.get("train_acc"), val_acc=obs.get("val_acc"), M=obs.get("M"),
+                        a_G_signal=True if a_G_signal is None else bool(a_G_signal),
+                        weight_decay=obs.get("weight_decay"))
         before = self.stage
         self.stage, self.memory = next_stage(before, o, self.memory, self.thresholds)
         if self.stage == before:
@@ -125,11 +146,33 @@ class StageMonitor(Li2Callback):
         dp = self.memory.delta_purity
         t = {"epoch": epoch, "from": before.label, "to": self.stage.label, "peak_a_G": self.memory.peak_a_G,
              "delta_purity": dp if dp is not None else float("nan"),
-             **{k: (float(v) if v is not None else float("nan")) for k, v in obs.items() if k != "M"}}
+             **{k: (float(v) if v is not None else float("nan")) for k, v in obs.items()
+                if k not in ("M", "a_G_signal", "weight_decay")}}
         self.transitions.append(t)
         return t
 
     # --- hooks ----------------------------------------------------------------------------------
+    def _resolve_signal(self, loss: str) -> bool:
+        """Whether a_G's fall is read (once per run; says so when the feature signals are used)."""
+        if self._a_G_signal is None:
+            self._a_G_signal = self.signal == "a_G" or (self.signal == "auto" and loss == "mse")
+            if not self._a_G_signal:
+                why = f"the loss is {loss!r}" if self.signal == "auto" else "signal='features'"
+                rank_zero_info(
+                    f"StageMonitor: {why}, so a_G's fall (docs/theory.md §7, derived for the MSE) does not "
+                    "mark the interactive stage or the stall; the stages follow purity, coverage and "
+                    f"{self.val_acc_key} instead (interactive: purity rising and test accuracy off chance; "
+                    f"done: {self.val_acc_key} >= {self.thresholds.done_val_acc}; stalled: only without "
+                    "weight decay, features and test accuracy flat). Set signal='a_G' to force the theory's rule.")
+        return self._a_G_signal
+
+    @staticmethod
+    def weight_decay(trainer: Trainer) -> Optional[bool]:
+        """Whether the optimizers decay any weights (coupled or decoupled); None if they do not say."""
+        seen = [g["weight_decay"] for opt in trainer.optimizers for g in getattr(opt, "param_groups", [])
+                if "weight_decay" in g]
+        return any(float(wd) > 0 for wd in seen) if seen else None
+
     def _observe(self, trainer: Trainer, s: Snapshot) -> dict[str, Optional[float]]:
         cm = trainer.callback_metrics
         if self.train_acc_key in cm:
@@ -150,7 +193,8 @@ class StageMonitor(Li2Callback):
         return {"a_G": s.a_G, "independence": s.independence(self.independence_nodes),
                 "purity": float(s.purity.mean()),
                 "coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
-                "train_acc": train_acc, "val_acc": val_acc, "M": float(s.M)}
+                "train_acc": train_acc, "val_acc": val_acc, "M": float(s.M),
+                "a_G_signal": self._resolve_signal(s.probe.loss), "weight_decay": self.weight_decay(trainer)}
 
     @override
     def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
@@ -170,42 +214,28 @@ class StageMonitor(Li2Callback):
         return m
 
     @override
+    def log_epoch(self, pl_module: LightningModule, scalars: dict[str, float]) -> None:
+        """``stage/index`` to the logger and the progress bar in one call; transition keys (rare) apart."""
+        rest = dict(scalars)
+        log_scalars(pl_module, {"stage/index": rest.pop("stage/index")}, prog_bar=True)
+        log_scalars(pl_module, rest)
+
+    @override
     def media(self, trainer: Trainer, s: Snapshot) -> None:
         if getattr(self, "_new_transition", False):
             self._new_transition = False
             if trainer.is_global_zero:
                 self._record(trainer)
 
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if not trainer.sanity_checking:
-            log_scalars(pl_module, {"stage": float(self.stage)}, prog_bar=True, logger=False)
-
     _COLUMNS = ("epoch", "from", "to", "a_G", "peak_a_G", "independence", "purity", "delta_purity",
                 "coverage", "train_acc", "val_acc")
 
     def _record(self, trainer: Trainer) -> None:
-        """Transition table and summary to W&B, or a CSV file next to the run."""
+        """The transition table to every logger (W&B table and summary, TensorBoard text, CSV file)."""
         rows = [[t.get(c) for c in self._COLUMNS] for t in self.transitions]
-        if has_wandb(trainer):
-            wandb = require_wandb()
-            from lightning.pytorch.loggers import WandbLogger
-
-            for lg in trainer.loggers:
-                if isinstance(lg, WandbLogger):
-                    lg.experiment.log({"stage/transitions": wandb.Table(columns=list(self._COLUMNS), data=rows),
-                                       "trainer/global_step": trainer.global_step})
-                    for t in self.transitions:
-                        lg.experiment.summary[f"stage/{t['to']}_epoch"] = t["epoch"]
-                    lg.experiment.summary["stage/current"] = self.stage.label
-        if needs_files(trainer):
-            path = os.path.join(media_dir(trainer), "stages.csv")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(self._COLUMNS)
-                w.writerows(rows)
+        summary = {f"stage/{t['to']}_epoch": t["epoch"] for t in self.transitions}
+        _media.log_table(trainer, "stage/transitions", self._COLUMNS, rows, "stages.csv",
+                         summary={**summary, "stage/current": self.stage.label})
 
     @override
     def extra_state(self) -> dict[str, Any]:
@@ -213,6 +243,7 @@ class StageMonitor(Li2Callback):
         return {"stage": self.stage.label, "peak_align": mem.peak_a_G,
                 "resume_stage": mem.resume.label if mem.resume is not None else None,
                 "purity_history": [list(p) for p in mem.purity_history],
+                "val_history": [list(p) for p in mem.val_history], "a_G_signal": self._a_G_signal,
                 "transitions": [dict(t) for t in self.transitions]}
 
     @override
@@ -221,5 +252,7 @@ class StageMonitor(Li2Callback):
         resume = state.get("resume_stage")
         self.memory = replace(Memory(), peak_a_G=state.get("peak_align", Memory().peak_a_G),
                               resume=Stage.from_label(resume) if resume is not None else None,
-                              purity_history=tuple((int(e), float(p)) for e, p in state.get("purity_history", [])))
+                              purity_history=tuple((int(e), float(p)) for e, p in state.get("purity_history", [])),
+                              val_history=tuple((int(e), float(p)) for e, p in state.get("val_history", [])))
+        self._a_G_signal = state.get("a_G_signal")
         self.transitions = [dict(t) for t in state.get("transitions", [])]
