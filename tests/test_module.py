@@ -1,4 +1,5 @@
 import csv
+import time
 import glob
 import os
 
@@ -163,3 +164,78 @@ def test_minibatches_take_one_step_per_batch_and_log_the_epoch_mean(tmp_path):
     with torch.no_grad():
         full = loss_sum("mse", model(dm.train_x), dm.train_y).item() / 40
     assert float(row["train/loss"]) == pytest.approx(full, rel=1e-5)
+
+
+def test_diverging_sgd_without_validation_stops_before_a_checkpoint_holds_it(tmp_path):
+    """train_fraction 1 (no val loop): the loss at the new weights is checked before last.ckpt is written."""
+    dm = GroupArithmeticDataModule("Z7", train_fraction=1.0)
+    assert len(dm.test_y) == 0
+    torch.manual_seed(0)
+    model = Li2Module(K=16, optimizer=lambda p: torch.optim.SGD(p, lr=30.0))
+    trainer = _trainer(tmp_path, 50, logger=False,
+                       callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_epochs=1)])
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is (nan|inf) after the step of epoch \d+ "
+                                                  r"\(checked at the new weights") as err:
+        trainer.fit(model, dm)
+    failed_at = trainer.current_epoch
+    assert failed_at >= 1
+    # the message is true: the weights in memory give a non-finite loss ...
+    with torch.no_grad():
+        assert not torch.isfinite(loss_sum("mse", model(dm.train_x), dm.train_y))
+    # ... and the last checkpoint holds the previous epoch's weights, finite with a finite loss
+    assert "every checkpoint written so far holds finite weights" in str(err.value)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["epoch"] == failed_at - 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    restored = Li2Module.load_from_checkpoint(tmp_path / "last.ckpt")
+    with torch.no_grad():
+        assert torch.isfinite(loss_sum("mse", restored(dm.train_x), dm.train_y))
+
+
+def test_a_run_too_large_for_memory_is_refused_before_the_net_is_allocated():
+    dm = GroupArithmeticDataModule("Z31", train_fraction=0.5)
+    model = Li2Module(K=10**9)  # W alone would be 248 GB
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"M=31, K=1000000000, .* needs about [\d.]+ GB .*set K=\d+ \(the largest"):
+        _trainer(None, 1, logger=False, enable_checkpointing=False).fit(model, dm)
+    assert time.perf_counter() - t0 < 5 and model.net is None
+    with pytest.raises(ValueError, match="needs about"):
+        Li2Module(K=10**9, M=31)  # M known: refused in the constructor
+
+
+def test_checkpoint_records_the_optimizer_and_a_resume_with_other_settings_is_refused(tmp_path):
+    from li2_lightning.optim import Muon
+
+    dm = GroupArithmeticDataModule("Z14", train_fraction=0.5)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _trainer(tmp_path, 2, logger=False, callbacks=[ckpt]).fit(Li2Module(K=6), dm)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["li2_optimizer"]["class"] == "Adam" and saved["li2_optimizer"]["use_muon"] == [False]
+
+    def resume(model, data):
+        _trainer(tmp_path, 3, logger=False, enable_checkpointing=False).fit(model, data, ckpt_path=tmp_path / "last.ckpt")
+
+    cases = [
+        (Li2Module(K=8), dm, "model K: checkpoint 6, config 8"),
+        (Li2Module(K=6, activation="relu"), dm, "model activation: checkpoint 'sqr', config 'relu'"),
+        (Li2Module(K=6, loss="ce"), dm, "model loss: checkpoint 'mse', config 'ce'"),
+        (Li2Module(K=6), GroupArithmeticDataModule("D7", train_fraction=0.5), "data group: checkpoint 'Z14', config 'D7'"),
+        (Li2Module(K=6, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)), dm, "optimizer class: checkpoint 'Adam', config 'SGD'"),
+        (Li2Module(K=6, optimizer=lambda p: Muon(p, lr=0.02)), dm, r"use_muon: checkpoint \[False\], config \[True, False\]"),
+    ]
+    for model, data, match in cases:
+        with pytest.raises(ValueError, match=match):
+            resume(model, data)
+    # the same size given as n_train instead of train_fraction is the same run
+    same = GroupArithmeticDataModule("Z14", n_train=dm.n_train)
+    resume(Li2Module(K=6), same)
+
+
+def test_activation_and_loss_types_list_the_registries():
+    from typing import get_args
+
+    from li2_lightning.functional.model import ACTIVATIONS, LOSSES
+    from li2_lightning.module import ActivationName, LossName
+
+    assert sorted(get_args(ActivationName)) == sorted(ACTIVATIONS)
+    assert sorted(get_args(LossName)) == sorted(LOSSES)

@@ -32,6 +32,9 @@ _TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")  # .<name>.tmp-<pid>-<rand>
 
 # hyperparameters a resumed run may change: they act only at initialisation
 RESUME_FREE_HPARAMS = frozenset({"V_init_scale"})
+# data settings a run on a checkpoint may change: which pairs `predict` answers
+RESUME_FREE_DATA = frozenset({"predict_pairs"})
+_MISSING = object()
 
 
 class CheckpointWriteError(OSError):
@@ -294,17 +297,26 @@ def _normal_group(spec: Any) -> Any:
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], what: str,
-                 ignore: frozenset = frozenset()) -> list[str]:
+                 ignore: frozenset = frozenset(), defaults: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """Settings that differ; one the checkpoint lacks is taken as its default from ``defaults``.
+
+    An older checkpoint predates settings added since: with their default it trained as the
+    default does, so only a run that sets them otherwise differs.
+    """
+    defaults = defaults or {}
     diffs = []
     for key in sorted(set(saved) | set(current), key=str):
         if str(key).startswith("_") or key in ignore:
             continue
-        a, b = saved.get(key), current.get(key)
+        a = saved.get(key, defaults.get(key, _MISSING))
+        b = current.get(key, _MISSING)
+        shown_a = "(not set)" if a is _MISSING else a
+        shown_b = "(not set)" if b is _MISSING else b
         if key == "group":
             a, b = _normal_group(a), _normal_group(b)
         if a != b:
-            diffs.append(f"{what} {key}: checkpoint {saved.get(key, '(not set)')!r}, "
-                         f"config {current.get(key, '(not set)')!r}")
+            where = "" if key in saved or a is _MISSING else " (the default: the checkpoint predates this setting)"
+            diffs.append(f"{what} {key}: checkpoint {shown_a!r}{where}, config {shown_b!r}")
     return diffs
 
 
@@ -313,6 +325,8 @@ def check_compatible(
     hparams: Mapping[str, Any],
     data_hparams: Optional[Mapping[str, Any]] = None,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    model_defaults: Optional[Mapping[str, Any]] = None,
+    data_defaults: Optional[Mapping[str, Any]] = None,
 ) -> None:
     """Refuse to resume when the checkpoint was trained with other settings than the run's.
 
@@ -331,6 +345,9 @@ def check_compatible(
         hparams: the run's model hyperparameters (``self.hparams``).
         data_hparams: the run's datamodule hyperparameters, or None to skip the data check.
         optimizer: an optimizer built as the run builds it, or None to skip that check.
+        model_defaults, data_defaults: the constructors' defaults; a setting missing from the
+            checkpoint (saved before the setting existed) is compared as its default. Without
+            them such a setting counts as a difference.
 
     Raises:
         ValueError: naming every differing setting with the checkpoint's and the config's value,
@@ -339,10 +356,10 @@ def check_compatible(
     saved = checkpoint.get("hyper_parameters")
     if saved is None:
         raise ValueError("the checkpoint has no 'hyper_parameters': it was not written by Li2Module")
-    diffs = _differences(saved, dict(hparams), "model", RESUME_FREE_HPARAMS)
+    diffs = _differences(saved, dict(hparams), "model", RESUME_FREE_HPARAMS, model_defaults)
     saved_data = checkpoint.get("datamodule_hyper_parameters")
     if data_hparams is not None and saved_data is not None:
-        diffs += _differences(saved_data, dict(data_hparams), "data")
+        diffs += _differences(saved_data, dict(data_hparams), "data", RESUME_FREE_DATA, data_defaults)
     if optimizer is not None:
         diffs += _optimizer_differences(_saved_optimizer_signature(checkpoint), optimizer_signature(optimizer))
     if diffs:

@@ -7,10 +7,19 @@ The Lightning CLI loads ``configs/base.yaml`` before any ``--config`` (an experi
 what differs from it), gives each run its own folder ``runs/<experiment>/<date-time>/`` (root:
 ``$LI2_RUNS_DIR``, else ``runs`` in the current directory; ``--trainer.default_root_dir DIR`` makes DIR
 the run folder itself), and turns a SIGTERM into exit status 143 once Lightning has stopped the run.
+
+Before anything is written it checks that the run fits in memory and that a ``--ckpt_path`` is a
+whole checkpoint trained with the run's settings; every checkpoint is written atomically
+(:class:`~li2_lightning.checkpoint.AtomicCheckpointIO`, added unless a CheckpointIO plugin is given).
+The train size takes the last of ``train_fraction``, ``n_train``, ``p_star_multiplier`` that the
+command line gives (a ``--data.*`` flag, or a ``--config`` file that sets one): it clears the other
+two set before it; one file setting two of them is an error. ``predict`` writes
+``predictions.csv`` (h1, h2, predicted h1·h2) into the run folder.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
 import sys
@@ -19,13 +28,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from li2_lightning.data import GroupArithmeticDataModule
+from li2_lightning.checkpoint import AtomicCheckpointIO, verify_checkpoint
+from li2_lightning.data import TRAIN_SIZE_FORMS, GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
 from li2_lightning.wandb_mode import choose_wandb_mode
 
@@ -81,10 +93,77 @@ def choose_run_dir(experiment: str, root: Optional[str] = None) -> Path:
     return run_dir
 
 
+# values of --ckpt_path that Lightning resolves itself rather than naming a file
+_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _train_size_form(value: Any) -> Optional[str]:
+    """Which of the train-size forms a data section sets (None: none); the last one if several."""
+    if not isinstance(value, dict):
+        return None
+    given = [k for k in TRAIN_SIZE_FORMS if value.get(k) is not None]
+    return given[-1] if given else None
+
+
+def last_train_size_wins(args: list[str]) -> list[str]:
+    """``args`` with the train-size forms a later flag or ``--config`` file replaces set to null.
+
+    Before each ``--data.<form> V`` flag (and each ``--config FILE`` whose ``data`` section sets a
+    form) the other two forms are cleared, so that the last one given decides the size.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        name, eq, inline = word.partition("=")
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+        form = None
+        if name.startswith("--data.") and name[len("--data."):] in TRAIN_SIZE_FORMS:
+            if value is not None and value.strip().lower() not in ("null", "none", ""):
+                form = name[len("--data."):]
+        elif name == "--config" and value is not None and Path(value).is_file():
+            try:
+                loaded = yaml.safe_load(Path(value).read_text())
+            except (OSError, yaml.YAMLError):
+                loaded = None  # the parser reports a bad file itself
+            if isinstance(loaded, dict):
+                form = _train_size_form(loaded.get("data"))
+        if form is not None:
+            for other in TRAIN_SIZE_FORMS:
+                if other != form:
+                    out += [f"--data.{other}", "null"]
+        out.append(word)
+        i += 1
+    return out
+
+
 class Li2CLI(LightningCLI):
     """LightningCLI with the data's group order linked to the model's M, a folder per run, and W&B set up."""
 
     run_dir: Optional[Path] = None
+    _checkpoint: Optional[dict] = None  # the verified --ckpt_path, until its settings are compared
+
+    def parse_arguments(self, parser, args) -> None:
+        if args is None:
+            # rewritten in place: DDP re-launches this script with sys.argv, and LightningCLI warns
+            # when it is given both args and a command line
+            sys.argv[1:] = last_train_size_wins(sys.argv[1:])
+        elif isinstance(args, list):
+            args = last_train_size_wins(args)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built; keep the config's model settings.
+
+        LightningCLI would load the file unchecked here and silently replace the command line's
+        model settings by the checkpoint's; instead a corrupt, empty or foreign file is refused
+        naming the file, and a checkpoint trained with other settings is refused naming the
+        differences (in :meth:`after_instantiate_classes`).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in _CKPT_ALIASES:
+            self._checkpoint = verify_checkpoint(ckpt_path)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.M", "model.M", apply_on="instantiate")
@@ -118,6 +197,25 @@ class Li2CLI(LightningCLI):
             reason = choose_wandb_mode()
             if reason:
                 _print0(f"li2: W&B runs offline: {reason}", file=sys.stderr)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """The trainer, with :class:`AtomicCheckpointIO` unless a CheckpointIO plugin is configured."""
+        plugins = kwargs.pop("plugins", None)
+        if plugins is None:
+            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse, before anything is written, a run that cannot fit or a checkpoint that does not fit the run."""
+        if not isinstance(self.model, Li2Module) or not isinstance(self.datamodule, GroupArithmeticDataModule):
+            return
+        self.model.check_memory(self.datamodule, str(self.trainer.strategy.root_device), self.subcommand)
+        if self._checkpoint is not None:
+            self.model.check_resume(self._checkpoint, self.datamodule, fitting=self.subcommand == "fit")
+            self._checkpoint = None  # the trainer loads it again, through AtomicCheckpointIO
 
     @staticmethod
     def _drop_disabled_callbacks(trainer) -> None:
@@ -165,6 +263,21 @@ class Li2CLI(LightningCLI):
 
     before_validate = before_test = before_predict = _announce
 
+    def after_predict(self) -> None:
+        """Write the predictions (h1, h2, predicted h1·h2) as ``predictions.csv`` in the run folder."""
+        batches = self.trainer.predict_loop.predictions or []
+        if batches and isinstance(batches[0], list):  # several dataloaders
+            batches = [b for loader in batches for b in loader]
+        if self.trainer.is_global_zero and batches:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = self.run_dir / "predictions.csv"
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["h1", "h2", "prediction"])
+                writer.writerows(torch.cat(batches).tolist())
+            _print0(f"li2: predictions written to {path}")
+        self._announce()
+
     def before_fit(self) -> None:
         self._announce()
         for logger in self.trainer.loggers:
@@ -187,7 +300,7 @@ class Li2CLI(LightningCLI):
                       + ("; upload it later with `wandb sync` on that folder" if mode == "offline" else ""))
         self._announce()
 
-    after_validate = after_test = after_predict = _announce
+    after_validate = after_test = _announce
 
 
 def _plain(value):

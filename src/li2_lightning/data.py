@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -12,12 +12,12 @@ from torch.utils.data import DataLoader, Dataset
 from li2_lightning.groups import Group, make_group
 from li2_lightning.memory import check_data_fits
 
-P_STAR_C = 2.7482  # the author's constant in p* = c ln M / M (docs/theory.md §7)
+P_STAR_C = 2.7482  # the author's constant in p* = c ln M / M (docs/theory.md §9)
 DEFAULT_TRAIN_FRACTION = 0.4
 
 
 def critical_fraction(M: int, c: float = P_STAR_C) -> float:
-    """The critical train fraction p* = c · ln M / M of the scaling law (docs/theory.md §7, Theorem 4)."""
+    """The critical train fraction p* = c · ln M / M of the scaling law (docs/theory.md §9, Theorem 4)."""
     return c * math.log(M) / M
 
 
@@ -67,6 +67,27 @@ def resolve_n_train(
     return int(n_train)
 
 
+TRAIN_SIZE_FORMS = ("train_fraction", "n_train", "p_star_multiplier")
+
+
+def train_size_settings(hparams: Mapping[str, Any], M: int) -> dict[str, Any]:
+    """The data settings with the train size in one form: ``n_train`` resolved, the other forms dropped.
+
+    Two settings that give the same number of training pairs (``train_fraction 0.4`` and
+    ``n_train 2016`` on Z71) compare equal. Settings that do not resolve are returned unchanged.
+    """
+    settings = dict(hparams)
+    try:
+        n = resolve_n_train(M, *(settings.get(k) for k in TRAIN_SIZE_FORMS),
+                            p_star_c=settings.get("p_star_c", P_STAR_C))
+    except (ValueError, TypeError):
+        return settings
+    for key in TRAIN_SIZE_FORMS + ("p_star_c",):
+        settings.pop(key, None)
+    settings["n_train"] = n
+    return settings
+
+
 class _Batches(Dataset):
     """This rank's share of each batch of an epoch, as ``(x, y, denom)``, one item per step.
 
@@ -88,8 +109,9 @@ class _Batches(Dataset):
         rank: int,
         world_size: int,
         epoch_fn: Callable[[], int],
+        shuffle: bool = True,
     ) -> None:
-        self.x, self.y = x, y
+        self.x, self.y, self.shuffle = x, y, shuffle
         self.batch_size, self.shuffle_seed = batch_size, shuffle_seed
         self.rank, self.world_size, self.epoch_fn = rank, world_size, epoch_fn
         self._perm_epoch: Optional[int] = None
@@ -111,7 +133,9 @@ class _Batches(Dataset):
         if self.batch_size is None:
             return self._full
         epoch = self.epoch_fn()
-        if epoch != self._perm_epoch:
+        if not self.shuffle:
+            self._perm = torch.arange(len(self.y))
+        elif epoch != self._perm_epoch:
             # the same permutation on every rank; seeded by the epoch so a resumed run replays it
             g = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.y), generator=g), epoch
@@ -129,6 +153,9 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
 
     Under DDP every rank holds the same split and takes every world_size-th row of each batch.
 
+    ``validate`` and ``test`` evaluate the held-out pairs; ``predict`` the pairs ``predict_pairs``
+    (default: all M² pairs, row a·M + b is (a, b)), in batches of ``batch_size``.
+
     Args:
         group: a spec for :func:`li2_lightning.groups.make_group` (``Z97``, ``Z4xZ7``, ``D7``,
             ``S4``, ``A4``, ``Q8``, or a path to a Cayley table ``.json``/``.csv``).
@@ -139,11 +166,13 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         split_seed: seed of the train/test split (independent of the model's init seed).
         batch_size: None for full batch (one optimizer step per epoch, the paper's "epoch").
         shuffle_seed: seed of the minibatch order (used only with ``batch_size``).
+        predict_pairs: the pairs (h1, h2) ``predict`` answers; None for all M² pairs.
 
     Raises:
         ValueError: on an unknown group, a train size outside its range, more than one of
             ``train_fraction``, ``n_train``, ``p_star_multiplier``, or M² pairs that would not fit
-            in the memory available (checked before they are allocated).
+            in the memory available (checked before they are allocated), or a predict pair
+            with an element outside 0..M-1.
     """
 
     def __init__(
@@ -156,6 +185,7 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         batch_size: Optional[int] = None,
         shuffle_seed: int = 0,
+        predict_pairs: Optional[list[tuple[int, int]]] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -171,6 +201,14 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         train_idx, test_idx = split_pairs(M, n_train, split_seed)
         self.train_x, self.train_y = self._pairs(train_idx)
         self.test_x, self.test_y = self._pairs(test_idx)
+        if predict_pairs is None:
+            self.predict_x = None  # all M² pairs, built when predict asks for them
+        else:
+            pairs = torch.as_tensor(predict_pairs, dtype=torch.long).reshape(-1, 2)  # (n, 2)
+            if len(pairs) and (pairs.min() < 0 or pairs.max() >= M):
+                raise ValueError(f"predict_pairs={predict_pairs!r} is not accepted; accepted: pairs "
+                                 f"[h1, h2] of elements 0..{M - 1} of {group}")
+            self.predict_x = pairs
 
     @property
     def M(self) -> int:
@@ -193,9 +231,9 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return 0 if self.trainer is None else self.trainer.current_epoch
 
-    def _loader(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]) -> DataLoader:
+    def _loader(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int], shuffle: bool = True) -> DataLoader:
         rank, world = self._world()
-        batches = _Batches(x, y, batch_size, self.shuffle_seed, rank, world, self._epoch)
+        batches = _Batches(x, y, batch_size, self.shuffle_seed, rank, world, self._epoch, shuffle)
         return DataLoader(batches, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
@@ -205,3 +243,16 @@ class GroupArithmeticDataModule(pl.LightningDataModule):
         if len(self.test_y) == 0:  # train_fraction 1: nothing held out
             return []
         return self._loader(self.test_x, self.test_y, None)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_pairs_x(self) -> torch.Tensor:
+        """The pairs (n, 2) ``predict`` answers: ``predict_pairs``, or all M² pairs in index order."""
+        if self.predict_x is not None:
+            return self.predict_x
+        return self._pairs(torch.arange(self.M * self.M))[0]
+
+    def predict_dataloader(self) -> DataLoader:
+        x = self.predict_pairs_x()
+        return self._loader(x, self.group.table[x[:, 0], x[:, 1]], self.batch_size, shuffle=False)

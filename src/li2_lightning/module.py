@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import inspect
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -11,10 +12,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from li2_lightning.checkpoint import check_compatible, optimizer_signature
+from li2_lightning.data import train_size_settings
 from li2_lightning.hooks import HookPoint
 from li2_lightning.losses import check_loss, loss_sum
+from li2_lightning.memory import check_fits
 from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K, check_variant
 from li2_lightning.probe import Li2Probe
+
+# The accepted names as types, so that the CLI's parser lists them in --help and refuses others at
+# parse time; tests check them against the functional registries.
+ActivationName = Literal["sqr", "relu", "silu", "relusqr"]
+LossName = Literal["mse", "ce"]
+TopLayerName = Literal["learned", "ridge"]
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -22,8 +32,10 @@ def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3, weight_decay=2e-4)
 
 
-_NAN_ADVICE = ("lower the learning rate or output_scale; the last checkpoint written holds the last "
-               "weights with a finite loss (resume from it with --ckpt_path)")
+# True in every case below: a checkpoint of an epoch is written only after that epoch's check (the
+# validation loss, or without validation the training loss at the new weights) has passed.
+_NAN_ADVICE = ("lower the learning rate or output_scale; every checkpoint written so far holds finite "
+               "weights whose loss was checked finite (resume from one with --ckpt_path)")
 
 
 # Said once per process: what the two-layer monitors mean on a model variant (docs/theory.md §10).
@@ -36,11 +48,8 @@ _VARIANT_DIAGNOSTICS = (
     "features and onset epochs (docs/theory.md §10).")
 
 
-TopLayerName = Literal["learned", "ridge"]
-
-
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss is NaN or infinite; no optimizer step is taken."""
+    """Raised when a loss or the weights turn NaN or infinite, before any checkpoint holds them."""
 
 
 class Li2Module(pl.LightningModule):
@@ -72,16 +81,25 @@ class Li2Module(pl.LightningModule):
         ridge_lambda: the ridge η of ``top_layer="ridge"``.
         optimizer: called with ``named_parameters()``; default Adam lr 1e-3, weight decay 2e-4.
         scheduler: optional LR scheduler, called with the optimizer, stepped every epoch.
+        scheduler_monitor: the logged value a ``ReduceLROnPlateau`` scheduler watches (other
+            schedulers ignore it); ``"train/loss"`` when the run holds out no pairs.
 
     Raises:
         ValueError: on K < 1, M < 2, or an unknown activation or loss.
+
+    The weights are checked every epoch before any checkpoint can hold them: the validation loss
+    after the step, or, in an epoch without validation (``train_fraction 1``), the weights and the
+    training loss at the new weights (one extra forward pass). A NaN or infinite value raises
+    :class:`NonFiniteLossError`. ``setup`` refuses a run that would not fit in memory
+    (:func:`li2_lightning.memory.check_fits`), and ``on_load_checkpoint`` a checkpoint trained with
+    other settings (:func:`li2_lightning.checkpoint.check_compatible`).
     """
 
     def __init__(
         self,
         K: int = 512,
-        activation: str = "sqr",
-        loss: str = "mse",
+        activation: ActivationName = "sqr",
+        loss: LossName = "mse",
         M: Optional[int] = None,
         V_init_scale: float = 1.0,
         output_scale: float = 1.0,
@@ -92,14 +110,17 @@ class Li2Module(pl.LightningModule):
         ridge_lambda: float = 1e-3,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: Optional[LRSchedulerCallable] = None,
+        scheduler_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
         check_M_K(2 if M is None else M, K)
         activation_fn(activation)
         check_loss(loss)
         check_variant(activation, hidden_layers, complex_weights, top_layer, ridge_lambda, loss)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "scheduler_monitor"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_monitor = scheduler_monitor
+        self._checked_epoch = -1  # the last epoch whose post-step loss was checked finite
         self.net: Optional[TwoLayerNet] = None
         self.hook_F = HookPoint()  # F (n, K): read by the Li2 callbacks
         if M is not None:
@@ -107,6 +128,7 @@ class Li2Module(pl.LightningModule):
 
     def _build(self, M: int) -> None:
         hp = self.hparams
+        check_fits(M, hp.K, 1, optimizer_slots=0)  # the parameters alone, before they are allocated
         variant = {k: hp.get(k, d) for k, d in (("hidden_layers", 1), ("residual", False), ("complex_weights", False),
                                                 ("top_layer", "learned"), ("ridge_lambda", 1e-3))}
         self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale, **variant)
@@ -136,9 +158,59 @@ class Li2Module(pl.LightningModule):
             if M_data is None:
                 raise ValueError("M=None: give Li2Module an M, or train it with a datamodule that has .M")
             self.hparams.M = M_data
-            self._build(M_data)
         elif M_data is not None and M_data != self.hparams.M:
             raise ValueError(f"M={self.hparams.M} of the model does not match the data's group order {M_data}")
+        if dm is not None and hasattr(dm, "n_train"):  # before the net's (2M, K) and (K, M) exist
+            self.check_memory(dm, str(self.trainer.strategy.root_device), stage)
+        if self.net is None:
+            self._build(M_data)
+
+    def check_memory(self, dm, device: str = "cpu", stage: str = "fit") -> None:
+        """Raise at once, naming a setting that fits, if training on ``dm`` would not fit on ``device``.
+
+        Called by :meth:`setup`, and by the CLI before it writes a run folder.
+
+        Raises:
+            ValueError: from :func:`li2_lightning.memory.check_fits`.
+        """
+        n_eval = len(dm.test_y)
+        if stage == "predict":
+            n_pred = self.hparams.M**2 if dm.predict_x is None else len(dm.predict_x)
+            n_eval = max(n_eval, min(n_pred, dm.batch_size or n_pred))
+        check_fits(self.hparams.M, self.hparams.K, dm.n_train, n_eval, dm.batch_size, device=device)
+
+    def check_resume(self, checkpoint: dict[str, Any], dm=None, fitting: bool = True) -> None:
+        """Refuse a checkpoint trained with other model, data or (when ``fitting``) optimizer settings.
+
+        A setting an older checkpoint did not record is compared with its constructor default, and
+        the train size is compared as the number of pairs it resolves to (``train_fraction 0.4`` and
+        ``n_train 2016`` on Z71 are the same run).
+
+        Raises:
+            ValueError: naming every difference (:func:`li2_lightning.checkpoint.check_compatible`).
+        """
+        data_hparams = data_defaults = None
+        checkpoint = dict(checkpoint)
+        if dm is not None and getattr(dm, "hparams", None) is not None and hasattr(dm, "M"):
+            data_defaults = _defaults(type(dm))
+            data_hparams = train_size_settings(dm.hparams, dm.M)
+            saved = checkpoint.get("datamodule_hyper_parameters")
+            if saved is not None:
+                M_saved = checkpoint.get("hyper_parameters", {}).get("M") or dm.M
+                checkpoint["datamodule_hyper_parameters"] = train_size_settings(
+                    {**data_defaults, **saved}, M_saved)
+        optimizer = self.optimizer_factory(list(self.named_parameters())) if fitting else None
+        check_compatible(checkpoint, self.hparams, data_hparams, optimizer,
+                         model_defaults=_defaults(type(self)), data_defaults=data_defaults)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.optimizers:
+            checkpoint["li2_optimizer"] = optimizer_signature(self.trainer.optimizers[0])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None:  # load_from_checkpoint: the settings come from the checkpoint
+            return
+        self.check_resume(checkpoint, self.trainer.datamodule, fitting=self.trainer.state.fn == "fit")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, M) for index pairs x (n, 2)."""
@@ -167,6 +239,20 @@ class Li2Module(pl.LightningModule):
         self.val_loss.update(loss, denom)
         self.val_acc.update(out, y)
 
+    def test_step(self, batch, batch_idx: int) -> None:
+        """``test/loss`` and ``test/acc`` on the held-out pairs (the datamodule's test split)."""
+        _, out, y, loss, denom = self._step(batch)
+        self.val_loss.update(loss, denom)
+        self.val_acc.update(out, y)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_values({"test/loss": self.val_loss, "test/acc": self.val_acc}), batch_size=1)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Rows (h1, h2, predicted h1·h2), (b, 3): the argmax of the logits for each pair of the batch."""
+        x = batch[0]  # (b, 2)
+        return torch.cat([x, self(x).argmax(dim=1, keepdim=True)], dim=1)
+
     # One log_dict per loop and epoch: each logged key costs ~0.4 ms in Lightning's result
     # collection, comparable to a small model's whole step.
     def on_validation_epoch_end(self) -> None:
@@ -180,11 +266,33 @@ class Li2Module(pl.LightningModule):
             raise NonFiniteLossError(
                 f"val/loss is {values['val/loss'].item()} after the step of epoch {self.current_epoch}: "
                 f"training stopped before these weights were checkpointed; {_NAN_ADVICE}")
+        if self.trainer.state.fn == "fit":
+            self._checked_epoch = self.current_epoch
         self.log_dict(values, prog_bar=True, batch_size=1)
 
     def on_train_epoch_end(self) -> None:
+        # ModelCheckpoint's on_train_epoch_end runs after this hook (Lightning calls the module's
+        # hook before the checkpoint callbacks'), so an epoch without validation is checked here
+        if self._checked_epoch != self.current_epoch:
+            self._check_after_step()
         self.log_dict({"train/W_norm": self.net.W.detach().norm(), "train/V_norm": self.net.V.detach().norm()},
                       batch_size=1)
+
+    @torch.no_grad()
+    def _check_after_step(self) -> None:
+        """The weights and the training loss at the weights after this epoch's steps, checked finite."""
+        loss = torch.zeros((), device=self.device)
+        for batch in _as_iterable(self.trainer.train_dataloader):
+            batch = tuple(t.to(self.device) for t in batch)
+            loss += self._step(batch)[3]  # this rank's share: the ranks' sum is the epoch mean
+        weights = torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()
+        bad = not (bool(weights) and bool(torch.isfinite(loss)))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            what = "the weights are NaN or infinite" if not bool(weights) else f"train/loss is {loss.item()}"
+            raise NonFiniteLossError(
+                f"{what} after the step of epoch {self.current_epoch} (checked at the new weights: no "
+                f"validation ran this epoch): training stopped before these weights were checkpointed; "
+                f"{_NAN_ADVICE}")
 
     @staticmethod
     def _epoch_values(metrics: dict) -> dict:
@@ -205,8 +313,15 @@ class Li2Module(pl.LightningModule):
         optimizer = self.optimizer_factory(list(self.named_parameters()))
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "interval": "epoch"}}
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            monitor = self.scheduler_monitor
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            if monitor.startswith("val/") and dm is not None and len(getattr(dm, "test_y", [None])) == 0:
+                monitor = "train/loss"  # train_fraction 1: nothing held out, no val/* values
+            config["monitor"] = monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def eta_eff(self) -> Optional[float]:
         """The theory's ridge η for the top layer, from the loss and V's weight decay (docs/theory.md §2).
@@ -235,3 +350,16 @@ class Li2Module(pl.LightningModule):
             W=self.net.W.detach(), V=self.net.V.detach(), activation=self.hparams.activation,
             loss=self.hparams.loss, group=dm.group, eta_eff=self.eta_eff(),
             output_scale=self.hparams.output_scale)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The constructor defaults of ``cls``, to stand in for settings an older checkpoint lacks."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _as_iterable(loader):
+    """The train dataloader as an iterable of batches (Lightning may keep a list of loaders)."""
+    if isinstance(loader, (list, tuple)):
+        return [batch for one in loader for batch in one]
+    return loader
