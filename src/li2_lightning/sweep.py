@@ -50,6 +50,8 @@ OPTIMIZER_KEYS = ("optimizer", "preset", "betas", "eps", "momentum", "nesterov",
                   "adam_decoupled")
 SHARED_KEYS = ("group", "K", "activation", "loss", "output_scale", "p_star_c", "max_epochs",
                "stop_at_test_acc", "check_every", "eval_every") + OPTIMIZER_KEYS
+#: the model variants of docs/theory.md §10, shared by a population
+SHARED_KEYS += ("hidden_layers", "residual", "complex_weights", "top_layer", "ridge_lambda")
 POINT_KEYS = MEMBER_KEYS + SHARED_KEYS
 FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "fixed",
              "grid", "grids", "points", "description")
