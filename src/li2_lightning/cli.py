@@ -24,6 +24,7 @@ import importlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -314,8 +315,21 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
+def _ignore_dependency_deprecations() -> None:
+    """Ignore deprecations raised inside Lightning's own calls on every run.
+
+    Lightning 2.6 still calls jsonargparse 4.53 and torch 2.13 APIs those have deprecated; nothing
+    a user of this CLI can change. The filters name the module the warning is raised from, so the
+    same warnings from user code, and every other warning, still show.
+    """
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli$")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            module=r"lightning\.pytorch\.utilities\._pytree$")
+
+
 def run_cli(args: Optional[list[str]] = None, base_config: Optional[Path] = BASE_CONFIG) -> Li2CLI:
     """Run the Lightning CLI on ``args`` (None: the command line) with ``base_config`` loaded first."""
+    _ignore_dependency_deprecations()
     # Late in training, values below ~1e-38 (subnormal floats) slowed CPU runs up to 40-fold
     torch.set_flush_denormal(True)
     common = {"parser_mode": "omegaconf"}

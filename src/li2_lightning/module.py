@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
@@ -246,7 +247,8 @@ class Li2Module(pl.LightningModule):
         self.val_acc.update(out, y)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._epoch_values({"test/loss": self.val_loss, "test/acc": self.val_acc}), batch_size=1)
+        self.log_dict(self._epoch_values({"test/loss": self.val_loss, "test/acc": self.val_acc}), batch_size=1,
+                      sync_dist=True)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Rows (h1, h2, predicted h1·h2), (b, 3): the argmax of the logits for each pair of the batch."""
@@ -261,22 +263,24 @@ class Li2Module(pl.LightningModule):
             self.val_acc.reset()
             return
         values = self._epoch_values({"val/loss": self.val_loss, "val/acc": self.val_acc})
-        if not torch.isfinite(values["val/loss"]):  # identical on every rank: synced by torchmetrics
+        if not math.isfinite(values["val/loss"]):  # identical on every rank: synced by torchmetrics
             # raised before ModelCheckpoint's on_validation_end, so no checkpoint holds these weights
             raise NonFiniteLossError(
-                f"val/loss is {values['val/loss'].item()} after the step of epoch {self.current_epoch}: "
+                f"val/loss is {values['val/loss']} after the step of epoch {self.current_epoch}: "
                 f"training stopped before these weights were checkpointed; {_NAN_ADVICE}")
         if self.trainer.state.fn == "fit":
             self._checked_epoch = self.current_epoch
-        self.log_dict(values, prog_bar=True, batch_size=1)
+        self.log_dict(values, prog_bar=True, batch_size=1, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         # ModelCheckpoint's on_train_epoch_end runs after this hook (Lightning calls the module's
         # hook before the checkpoint callbacks'), so an epoch without validation is checked here
         if self._checked_epoch != self.current_epoch:
             self._check_after_step()
+        # sync_dist (here and for val/test): the values are already equal on every rank, but
+        # Lightning warns under DDP without it; the all-reduce of a scalar per key is negligible
         self.log_dict({"train/W_norm": self.net.W.detach().norm(), "train/V_norm": self.net.V.detach().norm()},
-                      batch_size=1)
+                      batch_size=1, sync_dist=True)
 
     @torch.no_grad()
     def _check_after_step(self) -> None:
@@ -295,10 +299,11 @@ class Li2Module(pl.LightningModule):
                 f"{_NAN_ADVICE}")
 
     @staticmethod
-    def _epoch_values(metrics: dict) -> dict:
+    def _epoch_values(metrics: dict) -> dict[str, float]:
+        """Each metric's epoch value as a float, synced across ranks by torchmetrics."""
         values = {}
         for key, metric in metrics.items():
-            values[key] = metric.compute()  # synced across ranks by torchmetrics
+            values[key] = float(metric.compute())
             metric.reset()
         return values
 
