@@ -1,9 +1,9 @@
 """Images, histograms and tables of the Li2 callbacks, through each logger's own API.
 
 - W&B: ``wandb.Image``, ``wandb.Histogram``, ``wandb.Table`` in one ``experiment.log`` call at the
-  step of the epoch's scalars (``trainer/global_step``);
+  step of the epoch's scalars (``trainer/global_step``, :func:`log_step`);
 - TensorBoard: ``SummaryWriter.add_image``, ``add_histogram``, ``add_text`` (the table as
-  markdown) at ``trainer.global_step``, the step Lightning gives the epoch's scalars;
+  markdown) at that step;
 - any other logger with a folder (CSVLogger, ...): PNG files and CSV tables under
   ``<log_dir>/li2/``, next to its ``metrics.csv``. A histogram goes there as a PNG image, at the
   image cadence.
@@ -21,6 +21,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+
+def log_step(trainer: Trainer) -> int:
+    """The step at which Lightning logs the epoch's metrics (``val/acc``, the Li2 scalars): that of
+    the epoch's last optimizer step, global_step − 1 in ``on_train_epoch_end``."""
+    return max(trainer.global_step - 1, 0)
 
 
 def _wandb_loggers(trainer: Trainer) -> list:
@@ -60,15 +66,26 @@ def _wandb():
     return wandb
 
 
+def define_summaries(trainer: Trainer, maxima: Sequence[str] = (), minima: Sequence[str] = ()) -> None:
+    """W&B run-summary rules: the best value of each key in ``maxima`` (max) and ``minima`` (min,
+    e.g. a stage's first epoch), keeping Lightning's step metric ``trainer/global_step``."""
+    if not trainer.is_global_zero:
+        return
+    for lg in _wandb_loggers(trainer):
+        for keys, how in ((maxima, "max"), (minima, "min")):
+            for k in keys:
+                lg.experiment.define_metric(k, step_metric="trainer/global_step", summary=how)
+
+
 def log_image(trainer: Trainer, key: str, rgb: np.ndarray, caption: str, file_name: Optional[str]) -> None:
     """An (H, W, 3) uint8 image to every logger; ``file_name`` (a PNG under :func:`media_dir`)
     for the file loggers, which get nothing when it is None."""
     if not trainer.is_global_zero:
         return
     for lg in _wandb_loggers(trainer):
-        lg.experiment.log({key: _wandb().Image(rgb, caption=caption), "trainer/global_step": trainer.global_step})
+        lg.experiment.log({key: _wandb().Image(rgb, caption=caption), "trainer/global_step": log_step(trainer)})
     for w in _tensorboard_writers(trainer):
-        w.add_image(key, rgb, global_step=trainer.global_step, dataformats="HWC")
+        w.add_image(key, rgb, global_step=log_step(trainer), dataformats="HWC")
     if file_name is not None and file_loggers(trainer):
         from matplotlib.image import imsave
 
@@ -82,9 +99,9 @@ def log_histogram(trainer: Trainer, key: str, values: np.ndarray) -> None:
     if not trainer.is_global_zero:
         return
     for lg in _wandb_loggers(trainer):
-        lg.experiment.log({key: _wandb().Histogram(values), "trainer/global_step": trainer.global_step})
+        lg.experiment.log({key: _wandb().Histogram(values), "trainer/global_step": log_step(trainer)})
     for w in _tensorboard_writers(trainer):
-        w.add_histogram(key, values, global_step=trainer.global_step)
+        w.add_histogram(key, values, global_step=log_step(trainer))
 
 
 def log_table(trainer: Trainer, key: str, columns: Sequence[str], rows: list[list[Any]], file_name: str,
@@ -95,7 +112,7 @@ def log_table(trainer: Trainer, key: str, columns: Sequence[str], rows: list[lis
         return
     for lg in _wandb_loggers(trainer):
         lg.experiment.log({key: _wandb().Table(columns=list(columns), data=rows),
-                           "trainer/global_step": trainer.global_step})
+                           "trainer/global_step": log_step(trainer)})
         for k, v in (summary or {}).items():
             lg.experiment.summary[k] = v
     for w in _tensorboard_writers(trainer):
@@ -104,7 +121,7 @@ def log_table(trainer: Trainer, key: str, columns: Sequence[str], rows: list[lis
 
         md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         md += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-        w.add_text(key, "\n".join(md), global_step=trainer.global_step)
+        w.add_text(key, "\n".join(md), global_step=log_step(trainer))
     if file_loggers(trainer):
         path = os.path.join(media_dir(trainer), file_name)
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -31,8 +31,8 @@ class EnergyMonitor(Li2Callback):
       a complex pair of Z_M against the real one, stay below 1 at their own maximum). With scarce
       data memorisation maxima can exceed 1 (docs/theory.md §4).
 
-    Every ``every_n_epochs``: ``li2/energy/ratio_mean`` (with the reference) and ``li2/energy/mean``.
-    Every ``detail_every_n_epochs`` the other keys, ``li2/energy/median`` and ``max``, and the
+    Every ``every_n_epochs``: ``li2/energy/ratio_mean`` (``li2/energy/mean`` without the reference).
+    Every ``detail_every_n_epochs`` the other keys, ``li2/energy/mean``, ``median`` and ``max``, and the
     histogram ``li2/energy/hist`` of the per-block ratios (on W&B and TensorBoard). Every
     ``image_every_n_epochs``, for the loggers without histograms (CSV), that histogram as a PNG in
     ``<log_dir>/li2/energy_hist_epoch{epoch}.png``.
@@ -86,7 +86,9 @@ class EnergyMonitor(Li2Callback):
     def compute(self, s: Snapshot, trainer: Optional[Trainer]) -> dict[str, float]:
         E = s.energy
         detail = trainer is None or self.detail_due(trainer)  # no trainer: every key
-        m = {"li2/energy/mean": float(E.mean())}
+        m = {}
+        if detail or not self._has_ref():
+            m["li2/energy/mean"] = float(E.mean())
         if detail:
             m.update({"li2/energy/median": float(E.median()), "li2/energy/max": float(E.max())})
         if self._has_ref():

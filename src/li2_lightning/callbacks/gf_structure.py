@@ -20,11 +20,11 @@ class GFStructureMonitor(Li2Callback):
     the module exposes the hook point ``hook_F``):
 
     - ``li2/gf/align``: a_G = cos(G_F, ỸỸᵀF̃) (Stages I-II: label signal in G_F, Theorem 1);
-    - ``li2/gf/norm``: ‖G_F‖ (rises, then decays; to 0 without weight decay);
-    - ``li2/gf/independence``: mean|offdiag(F̃ᵀF̃)| / mean|diag| on the first ``independence_nodes`` nodes.
+    - ``li2/gf/norm``: ‖G_F‖ (rises, then decays; to 0 without weight decay).
 
     Every ``detail_every_n_epochs`` also:
 
+    - ``li2/gf/independence``: mean|offdiag(F̃ᵀF̃)| / mean|diag| on the first ``independence_nodes`` nodes;
     - ``li2/gf/uncovered_share``: share of G_F's class profile ỸᵀG_F on irrep blocks no pure node
       holds yet (Theorem 7), next to ``li2/gf/uncovered_baseline``, the share those blocks have
       of the dimensions (what a G_F without preference gives);
@@ -99,7 +99,6 @@ class GFStructureMonitor(Li2Callback):
         m = {
             "li2/gf/align": s.a_G,
             "li2/gf/norm": s.G_F_norm,
-            "li2/gf/independence": s.independence(self.independence_nodes),
         }
         if detail:
             m.update(self._detail(s))
@@ -112,6 +111,7 @@ class GFStructureMonitor(Li2Callback):
         sizes = torch.tensor(s.basis.sizes, dtype=torch.float64)
         nontriv = sizes[1:].sum()
         m = {
+            "li2/gf/independence": s.independence(self.independence_nodes),
             "li2/gf/uncovered_share": s.uncovered_share(covered),
             "li2/gf/uncovered_baseline": (float(sizes[1:][~covered[1:].cpu()].sum() / nontriv)
                                           if nontriv > 0 else 0.0),

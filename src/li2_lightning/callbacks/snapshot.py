@@ -165,18 +165,26 @@ class Snapshot:
         """ỸᵀF̃ (M, K), float64: shared by a_G and the energies."""
         return gr.class_profile(self.F, self.y, self.M)
 
+    @property
+    def _G_or_grad(self) -> torch.Tensor:
+        """∂L/∂F when captured, else G_F: ±G_F without negating an (n, K) tensor (a copy)."""
+        return self._dL_dF if self._dL_dF is not None else self.G_F
+
     @functools.cached_property
     def SG(self) -> torch.Tensor:
         """ỸᵀG_F (M, K), float64: G_F's class profile."""
+        if self._dL_dF is not None:
+            return -gr.class_profile(self._dL_dF, self.y, self.M)
         return gr.class_profile(self.G_F, self.y, self.M)
 
     @functools.cached_property
     def a_G(self) -> float:
-        return gr.alignment(self.G_F, self.F, self.y, self.M, S=self.S, SG=self.SG, G_norm=self.G_F_norm)
+        # with S, SG and the norm given, alignment reads nothing else from its first argument
+        return gr.alignment(self._G_or_grad, self.F, self.y, self.M, S=self.S, SG=self.SG, G_norm=self.G_F_norm)
 
     @functools.cached_property
     def G_F_norm(self) -> float:
-        return float(torch.linalg.vector_norm(self.G_F))
+        return float(torch.linalg.vector_norm(self._G_or_grad))
 
     def independence(self, n_nodes: int) -> float:
         """Independence ratio of the first ``n_nodes`` nodes (0: all), cached per size.
@@ -250,8 +258,9 @@ class Snapshot:
 
     def uncovered_share(self, covered: torch.Tensor) -> float:
         b = self.basis
-        return gr.uncovered_share(self.G_F, self.y, b.Q.to(self.G_F.device), b.block_index.to(self.G_F.device),
-                                  covered.to(self.G_F.device), SG=self.SG)
+        dev = self.F.device  # SG given: the function reads no other part of G_F
+        return gr.uncovered_share(self._G_or_grad, self.y, b.Q.to(dev), b.block_index.to(dev), covered.to(dev),
+                                  SG=self.SG)
 
     # --- energy -------------------------------------------------------------------------------
     @functools.cached_property

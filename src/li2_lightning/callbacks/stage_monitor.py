@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any, Optional
 
 from lightning.pytorch import LightningModule, Trainer
@@ -119,7 +119,8 @@ class StageMonitor(Li2Callback):
 
     @override
     def settings(self) -> dict[str, Any]:
-        return {"every_n_epochs": self.every_n_epochs, **asdict(self.thresholds),
+        # vars, not asdict (a deep copy): Lightning reads state_key at every hook call
+        return {"every_n_epochs": self.every_n_epochs, **vars(self.thresholds),
                 "purity_threshold": self.purity_threshold, "independence_nodes": self.independence_nodes,
                 "train_acc_key": self.train_acc_key, "val_acc_key": self.val_acc_key, "signal": self.signal}
 
@@ -165,6 +166,13 @@ class StageMonitor(Li2Callback):
                     f"done: {self.val_acc_key} >= {self.thresholds.done_val_acc}; stalled: only without "
                     "weight decay, features and test accuracy flat). Set signal='a_G' to force the theory's rule.")
         return self._a_G_signal
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # W&B summary: best test accuracy, and the first epoch of each stage
+        _media.define_summaries(trainer, maxima=[self.val_acc_key],
+                                minima=[f"stage/{s.label}_epoch" for s in Stage if s is not Stage.LAZY])
 
     @staticmethod
     def weight_decay(trainer: Trainer) -> Optional[bool]:
@@ -233,7 +241,7 @@ class StageMonitor(Li2Callback):
     def _record(self, trainer: Trainer) -> None:
         """The transition table to every logger (W&B table and summary, TensorBoard text, CSV file)."""
         rows = [[t.get(c) for c in self._COLUMNS] for t in self.transitions]
-        summary = {f"stage/{t['to']}_epoch": t["epoch"] for t in self.transitions}
+        summary = {f"stage/{t['to']}_epoch": t["epoch"] for t in reversed(self.transitions)}  # first wins
         _media.log_table(trainer, "stage/transitions", self._COLUMNS, rows, "stages.csv",
                          summary={**summary, "stage/current": self.stage.label})
 
