@@ -2,6 +2,13 @@
 
 Shared by ``li2 fit`` (through the CLI) and ``li2 report --wandb``. ``WANDB_BASE_URL`` names a
 self-hosted server: that host is probed, and the key is looked up in ``~/.netrc`` under it.
+
+From Python, call it once before creating a ``WandbLogger`` (which, with no key, fails at its first
+use instead of going offline)::
+
+    from li2_lightning.wandb_mode import choose_wandb_mode
+    reason = choose_wandb_mode()  # None: the mode was left as it was
+    logger = WandbLogger(project="li2", save_dir="runs/python")
 """
 
 from __future__ import annotations
