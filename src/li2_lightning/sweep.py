@@ -1,10 +1,10 @@
-"""``li2 sweep FILE``: expand a YAML sweep, train it as populations, append results as JSON lines.
+"""``li2 sweep FILE``: expand a YAML sweep and train it as populations, bookkept by Optuna.
 
 A sweep file::
 
     name: fig5_cpu
-    results: results/fig5_cpu.jsonl   # default: the sweep file with suffix .jsonl
-    population_size: 25               # most members trained together
+    results: ../results/fig5_cpu.jsonl  # relative to THIS file's folder; default: FILE with suffix .jsonl
+    population_size: 25               # most members trained together (default: from free memory)
     accelerator: auto                 # any Lightning accelerator
     fixed: {K: 256, lr: 1.0e-3, weight_decay: 2.0e-4, max_epochs: 1500}
     grid:                             # cartesian product, merged over `fixed`
@@ -17,16 +17,29 @@ A sweep file::
 Point settings (:data:`POINT_KEYS`) are the fields of ``MemberSettings`` (:data:`MEMBER_KEYS`),
 ``PopulationModule``'s shared arguments, the optimizer (:data:`OPTIMIZER_KEYS`: ``optimizer`` is
 adam, adamw, sgd or muon, ``preset`` Muon's li2, keller or torch, and the other fields of
-``OptimizerSpec``) and ``max_epochs``; ``seed`` is the init seed and ``split_seed`` defaults to it. Points that
-share every setting except the per-member ones (:data:`MEMBER_KEYS`) are packed into one
-population. Each finished point is appended to the results file as one JSON line with its ``id``
-(a hash of its settings); a restarted sweep skips the ids already there, so a killed sweep loses at
-most the populations that were running. Run ``li2 sweep FILE --dry-run`` to see the plan.
+``OptimizerSpec``) and ``max_epochs``; ``seed`` is the init seed and ``split_seed`` defaults to it.
+Every value is checked when the file is read; a wrong one is reported with the file, the key and
+what is accepted.
+
+Bookkeeping (:mod:`li2_lightning.study`): points that share every setting except the per-member ones
+form one Optuna study; workers ask up to ``population_size`` waiting trials of a study, train them
+as one population and tell each its result row and per-epoch curves. The store is an SQLite file
+beside ``results`` (``x.jsonl`` -> ``x.db``), resolved from the sweep file's folder, so a sweep run
+from any folder finds its finished points; ``--storage journal:PATH`` or ``--storage URL``
+(PostgreSQL, MySQL) for workers on several machines. ``--workers N`` starts N local workers. Any
+number of ``li2 sweep`` processes may run one sweep: each point is trained once; a killed worker's
+points are enqueued again once its heartbeats stop (``--grace-period``), and finished by the others
+or a rerun. The store is checked for writes before anything trains; a result the store refuses
+(disk full) is saved to a JSONL file whose path is printed, and the exit status is 3.
+
+When the sweep is done, every finished point is exported to ``results`` as one JSON line (also
+``--export OUT.jsonl``), the file ``li2 report`` reads; rows already in ``results`` when the store is
+created are taken over as finished. ``li2 sweep FILE --dry-run`` shows the plan.
 
 W&B: ``li2 sweep FILE --export-wandb OUT.yaml`` writes a W&B grid sweep over ``point_index``;
 ``wandb sweep OUT.yaml`` then ``wandb agent ID`` on each machine runs
-``li2 sweep FILE --point_index=I`` per point (one member; results appended to the same JSONL file
-and logged to the W&B run). The agents need network access to W&B; offline they cannot start.
+``li2 sweep FILE --point_index=I`` per point (one member; its row appended to ``results`` and logged
+to the W&B run). The agents need network access to W&B; offline they cannot start.
 """
 
 from __future__ import annotations
@@ -35,7 +48,9 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +71,28 @@ POINT_KEYS = MEMBER_KEYS + SHARED_KEYS
 FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "fixed",
              "grid", "grids", "points", "description")
 DEFAULT_MAX_EPOCHS = 1000
+DEFAULT_POPULATION_CAP = 32  # the most members picked from free memory when the file sets none
 _SIZE_KEYS = ("train_fraction", "n_train", "p_star_multiplier")
+
+_INT, _NUM, _STR, _BOOL = "an integer", "a number", "a string", "true or false"
+#: per point setting: (kind, lower bound or None, lower bound inclusive, upper bound or None, None allowed)
+_TYPES: dict[str, tuple] = {
+    "seed": (_INT, 0, True, None, False), "split_seed": (_INT, 0, True, None, True),
+    "n_train": (_INT, 1, True, None, False), "K": (_INT, 1, True, None, False),
+    "max_epochs": (_INT, 1, True, None, False), "check_every": (_INT, 1, True, None, False),
+    "eval_every": (_INT, 1, True, None, False), "ns_steps": (_INT, 1, True, None, False),
+    "train_fraction": (_NUM, 0, False, 1, False), "p_star_multiplier": (_NUM, 0, False, None, False),
+    "lr": (_NUM, 0, True, None, False), "weight_decay": (_NUM, 0, True, None, False),
+    "muon_lr": (_NUM, 0, True, None, True), "V_init_scale": (_NUM, None, True, None, False),
+    "output_scale": (_NUM, 0, False, None, False), "p_star_c": (_NUM, 0, False, None, False),
+    "stop_at_test_acc": (_NUM, 0, True, 1, True), "eps": (_NUM, 0, False, None, False),
+    "momentum": (_NUM, 0, True, 1, True), "group": (_STR,) + (None,) * 3 + (False,),
+    "activation": (_STR,) + (None,) * 3 + (False,), "loss": (_STR,) + (None,) * 3 + (False,),
+    "optimizer": (_STR,) + (None,) * 3 + (False,), "preset": (_STR,) + (None,) * 3 + (False,),
+    "ns_dtype": (_STR,) + (None,) * 3 + (True,), "nesterov": (_BOOL,) + (None,) * 3 + (True,),
+    "adam_decoupled": (_BOOL,) + (None,) * 3 + (True,),
+}
+_CHOICES = {"optimizer": ("adam", "adamw", "sgd", "muon"), "preset": ("li2", "keller", "torch")}
 
 
 def point_id(point: dict) -> str:
@@ -67,48 +103,137 @@ def point_id(point: dict) -> str:
 def load_sweep(path: str | os.PathLike) -> dict:
     """Read and validate a sweep file; returns the parsed dict with defaults filled in.
 
+    ``results`` is resolved from the sweep file's folder (not the current folder). The points are
+    checked too (:func:`expand`), so a wrong value is reported before anything trains.
+
     Raises:
-        ValueError: on a missing file, unknown keys, or grid values that are not lists.
+        ValueError: one line naming the file, the key and what is accepted, for a missing, binary or
+            malformed file, unknown keys, a wrong structure or a value of the wrong type or range.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file '{path}' does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"sweep file '{path}' is not a text file; accepted: a YAML mapping") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"sweep file '{path}' is not valid YAML{where}: {what}") from None
+    spec = {} if spec is None else spec
     if not isinstance(spec, dict):
-        raise ValueError(f"sweep file '{path}' must hold a mapping with keys {list(FILE_KEYS)}")
+        raise ValueError(f"sweep file '{path}' holds a {type(spec).__name__}; accepted: a mapping with keys "
+                         f"{list(FILE_KEYS)}")
     unknown = set(spec) - set(FILE_KEYS)
     if unknown:
-        raise ValueError(f"sweep file '{path}': unknown keys {sorted(unknown)}; accepted: {list(FILE_KEYS)}")
+        raise ValueError(f"sweep file '{path}': unknown keys {sorted(map(str, unknown))}; accepted: {list(FILE_KEYS)}")
     if "grid" in spec and "grids" in spec:
         raise ValueError(f"sweep file '{path}': give `grid` or `grids`, not both")
+    _check_structure(path, spec)
     spec.setdefault("name", path.stem)
-    spec.setdefault("results", str(path.with_suffix(".jsonl")))
-    spec.setdefault("population_size", 16)
+    results = Path(spec.get("results") or path.with_suffix(".jsonl").name)
+    spec["results"] = str(results if results.is_absolute() else (path.parent / results).resolve())
+    spec.setdefault("population_size", None)
     spec.setdefault("accelerator", "auto")
-    if not isinstance(spec["population_size"], int) or spec["population_size"] < 1:
-        raise ValueError(f"population_size={spec['population_size']!r} is not accepted; accepted: an integer >= 1")
+    spec["_file"] = str(path.resolve())
+    expand(spec)  # every point checked now
     return spec
+
+
+def _check_structure(path: Path, spec: dict) -> None:
+    def bad(key: str, value: Any, accepted: str) -> ValueError:
+        return ValueError(f"sweep file '{path}': {key}={value!r} is not accepted; accepted: {accepted}")
+
+    for key in ("name", "results", "accelerator", "description"):
+        if key in spec and not isinstance(spec[key], str):
+            raise bad(key, spec[key], "a string")
+    ps = spec.get("population_size")
+    if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 1):
+        raise bad("population_size", ps, "an integer >= 1 (or leave it out: picked from free memory)")
+    if "fixed" in spec and spec["fixed"] is not None and not isinstance(spec["fixed"], dict):
+        raise bad("fixed", spec["fixed"], "a mapping of point settings, e.g. {K: 64, lr: 0.001}")
+    grids = spec["grids"] if "grids" in spec else [spec.get("grid") or {}]
+    if not isinstance(grids, list) or not grids:
+        raise bad("grids", spec.get("grids"), "a non-empty list of grids (mappings of setting: list of values)")
+    for i, grid in enumerate(grids):
+        where = "grid" if "grid" in spec else f"grids[{i}]"
+        if not isinstance(grid, dict):
+            raise bad(where, grid, "a mapping of setting: list of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise bad(f"{where}.{key}", values, "a non-empty list")
+    points = spec.get("points")
+    if points is not None and (not isinstance(points, list) or not all(isinstance(p, dict) for p in points)):
+        raise bad("points", points, "a list of mappings of point settings")
+
+
+def check_value(key: str, value: Any) -> Optional[str]:
+    """None if ``value`` is accepted for point setting ``key``, else what is accepted."""
+    kind, lo, lo_inclusive, hi, nullable = _TYPES.get(key, (None,) * 5)
+    if key == "betas":
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+        return None if ok else "a list of two numbers in [0, 1)"
+    if value is None:
+        return None if nullable else f"{kind}" + _range(lo, lo_inclusive, hi)
+    if kind == _INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == _NUM:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind == _STR:
+        ok = isinstance(value, str) and (key not in _CHOICES or value in _CHOICES[key])
+        if key in _CHOICES:
+            return None if ok else f"one of {list(_CHOICES[key])}"
+    elif kind == _BOOL:
+        ok = isinstance(value, bool)
+    else:
+        return None
+    if ok and kind in (_INT, _NUM):
+        ok = (lo is None or (value >= lo if lo_inclusive else value > lo)) and (hi is None or value <= hi)
+    return None if ok else f"{kind}" + _range(lo, lo_inclusive, hi)
+
+
+def _range(lo, lo_inclusive, hi) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_inclusive else '>'} {lo}")
+    if hi is not None:
+        parts.append(f"<= {hi}")
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def expand(spec: dict) -> list[dict]:
     """All points of a sweep, in file order: (points × grid) merged over ``fixed``, duplicates dropped.
 
     Raises:
-        ValueError: on an unknown point setting or a grid entry that is not a non-empty list.
+        ValueError: on an unknown point setting, a value of the wrong type or range, or a grid
+            entry that is not a non-empty list.
     """
+    fname = spec.get("_file", "<sweep>")
     fixed = dict(spec.get("fixed") or {})
     grids = spec.get("grids") or [spec.get("grid") or {}]
     explicit = spec.get("points") or [{}]
+    for key, value in fixed.items():
+        _check_setting(fname, f"fixed.{key}", key, value)
+    for i, extra in enumerate(explicit):
+        for key, value in extra.items():
+            _check_setting(fname, f"points[{i}].{key}", key, value)
     points, seen = [], set()
-    for grid in grids:
+    for gi, grid in enumerate(grids):
+        where = "grid" if "grids" not in spec else f"grids[{gi}]"
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
-                raise ValueError(f"grid entry {key}={values!r} is not accepted; accepted: a non-empty list")
+                raise ValueError(f"sweep file '{fname}': {where}.{key}={values!r} is not accepted; "
+                                 "accepted: a non-empty list")
+            for j, value in enumerate(values):
+                _check_setting(fname, f"{where}.{key}[{j}]", key, value)
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             for extra in explicit:
                 point = {**fixed, **extra, **dict(zip(keys, combo))}
-                _check_point(point)
+                _check_point(fname, point)
                 pid = point_id(point)
                 if pid not in seen:
                     seen.add(pid)
@@ -116,67 +241,77 @@ def expand(spec: dict) -> list[dict]:
     return points
 
 
-def _check_point(point: dict) -> None:
-    unknown = set(point) - set(POINT_KEYS)
-    if unknown:
-        raise ValueError(f"sweep settings {sorted(unknown)} are not known; accepted: {list(POINT_KEYS)}")
+def _check_setting(fname: str, where: str, key: Any, value: Any) -> None:
+    if key not in POINT_KEYS:
+        raise ValueError(f"sweep file '{fname}': {where}: setting {key!r} is not known; accepted: {list(POINT_KEYS)}")
+    accepted = check_value(key, value)
+    if accepted is not None:
+        raise ValueError(f"sweep file '{fname}': {where}={value!r} is not accepted; accepted: {accepted}")
+
+
+def _check_point(fname: str, point: dict) -> None:
     if "group" not in point:
-        raise ValueError(f"point {point} has no `group`; set it in `fixed`, the grid or `points`")
+        raise ValueError(f"sweep file '{fname}': point {point} has no `group`; set it in `fixed`, the grid or `points`")
     if sum(k in point for k in _SIZE_KEYS) > 1:
-        raise ValueError(f"point {point} sets more than one of {list(_SIZE_KEYS)}")
+        raise ValueError(f"sweep file '{fname}': point {point} sets more than one of {list(_SIZE_KEYS)}")
+
+
+def group_key(point: dict) -> str:
+    """What points must share to be trained in one population (one Optuna study per key)."""
+    shared = {k: point.get(k) for k in SHARED_KEYS}
+    shared["_size_key"] = next((k for k in _SIZE_KEYS if k in point), None)
+    shared["_muon_lr"] = "muon_lr" in point
+    return json.dumps(shared, sort_keys=True, default=str)
 
 
 def pack(points: list[dict], population_size: int) -> list[list[dict]]:
-    """Split points into populations: same shared settings and the same kind of train size,
-    sorted by train size within a population (less padding), at most ``population_size`` each."""
-    buckets: dict[str, list[dict]] = {}
-    for p in points:
-        shared = {k: p.get(k) for k in SHARED_KEYS}
-        shared["_size_key"] = next((k for k in _SIZE_KEYS if k in p), None)
-        shared["_muon_lr"] = "muon_lr" in p
-        buckets.setdefault(json.dumps(shared, sort_keys=True, default=str), []).append(p)
+    """Split points into populations: same :func:`group_key`, sorted by train size within a
+    population (less padding), at most ``population_size`` each."""
     out = []
-    for members in buckets.values():
-        size_key = next((k for k in _SIZE_KEYS if k in members[0]), None)
-        if size_key:
-            members = sorted(members, key=lambda p: p[size_key])
+    for members in groups(points).values():
         out += [members[i : i + population_size] for i in range(0, len(members), population_size)]
     return out
 
 
-def done_ids(results: str | os.PathLike) -> set[str]:
-    """Ids of the points already in a results file (unparsable lines, e.g. a torn last line, are skipped)."""
-    path = Path(results)
-    if not path.is_file():
-        return set()
-    ids = set()
-    for line in path.read_text().splitlines():
-        try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return ids
+def groups(points: list[dict]) -> dict[str, list[dict]]:
+    """Points by :func:`group_key`, in first-appearance order, each sorted by train size."""
+    buckets: dict[str, list[dict]] = {}
+    for p in points:
+        buckets.setdefault(group_key(p), []).append(p)
+    for key, members in buckets.items():
+        size_key = next((k for k in _SIZE_KEYS if k in members[0]), None)
+        if size_key:
+            buckets[key] = sorted(members, key=lambda p: p[size_key])
+    return buckets
 
 
-def append_results(results: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Append rows as JSON lines with one write and an fsync, so a kill cannot interleave them."""
-    path = Path(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.fstat(fd).st_size and not _ends_with_newline(path):
-            text = "\n" + text  # a torn line from a killed writer stays on its own line
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def population_size_for(members: list[dict], available: Optional[int] = None,
+                        cap: int = DEFAULT_POPULATION_CAP, device: str = "cpu") -> int:
+    """The most members of this group that fit in free memory together (at most ``cap``).
 
+    Each member is counted as ``memory.estimate_bytes`` of its largest train size; the group's
+    data is counted once.
 
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+    Raises:
+        ValueError: if not even one member fits, before anything is allocated.
+    """
+    from li2_lightning import memory
+    from li2_lightning.data import P_STAR_C, resolve_n_train
+    from li2_lightning.groups import make_group
+
+    first = members[0]
+    M = make_group(first["group"]).order
+    K = int(first.get("K", 512))
+    n = max(resolve_n_train(M, m.get("train_fraction"), m.get("n_train"), m.get("p_star_multiplier"),
+                            m.get("p_star_c", P_STAR_C)) for m in members)
+    est = memory.estimate_bytes(M, K, n, M * M - n)
+    per_member = memory.SAFETY * (est.model + max(est.train_step, est.val_step))
+    free = (memory.available_bytes(device) if available is None else available) - memory.SAFETY * est.data
+    S = int(free // per_member)
+    if S < 1:
+        raise ValueError(f"one member of group {first['group']} (M={M}, K={K}, {n} train pairs) needs about "
+                         f"{per_member / 1e9:.2f} GB but {max(free, 0) / 1e9:.2f} GB is free; lower K or the group order")
+    return min(S, cap, len(members))
 
 
 def build_population(members: list[dict]):
@@ -209,8 +344,28 @@ def _epoch_progress(bar, label: str, max_epochs: int):
     return _Progress()
 
 
+def _finite(v: Any) -> Any:
+    """JSON-safe: non-finite floats become None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def run_population(members: list[dict], spec: dict, bar=None) -> list[dict]:
-    """Train one population; returns one result row per member (with ``id`` and ``point``)."""
+    """Train one population; returns one result row per member.
+
+    A row is ``PopulationModule.results()``'s with ``id``, ``point``, ``sweep``, the per-epoch
+    ``curves`` (``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` as in
+    ``lightning_metrics()``, float32 values, None where not measured), and ``diverged`` /
+    ``outcome``: a member whose parameters or final train loss are not finite is ``diverged``
+    (its accuracies mean nothing), the others ``finished``.
+    """
+    import torch
+
     from li2_lightning.population import train_population
 
     t0 = time.time()
@@ -222,45 +377,242 @@ def run_population(members: list[dict], spec: dict, bar=None) -> list[dict]:
                             precision=spec.get("precision"),
                             callbacks=[_epoch_progress(bar, label, max_epochs)] if bar is not None else None)
     elapsed = time.time() - t0
-    for point, row in zip(members, rows):
+    # (S, epochs) each; float32 values in their shortest decimal form (exact in float32, short JSON)
+    curves = {k: [[float(str(x)) for x in member] for member in v.T.numpy()]
+              for k, v in module.lightning_metrics().items()}
+    for s, (point, row) in enumerate(zip(members, rows)):
+        finite = bool(torch.isfinite(module.W[s]).all() and torch.isfinite(module.V[s]).all())
+        loss = row.get("final_train_loss")
+        diverged = not finite or loss is None or not math.isfinite(loss)
         if "p_star_multiplier" in point:
             row["p_star_multiplier"] = point["p_star_multiplier"]
         row.update(id=point_id(point), point=point, sweep=spec["name"], population_size=len(members),
-                   population_time_s=round(elapsed, 3))
+                   population_time_s=round(elapsed, 3), diverged=diverged,
+                   outcome="diverged" if diverged else "finished",
+                   curves={k: [None if math.isnan(x) or math.isinf(x) else x for x in c[s]] for k, c in curves.items()})
+        rows[s] = _finite(row)
     return rows
 
 
-def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population_size: Optional[int] = None,
-              accelerator: Optional[str] = None, limit: Optional[int] = None, progress: bool = True) -> int:
-    """Run every pending point of a sweep file; returns the number of points trained now."""
-    spec = load_sweep(path)
-    if results:
-        spec["results"] = results
-    if population_size:
-        spec["population_size"] = population_size
-    if accelerator:
-        spec["accelerator"] = accelerator
-    points = expand(spec)
-    done = done_ids(spec["results"])
-    pending = [p for p in points if point_id(p) not in done]
-    populations = pack(pending, spec["population_size"])
-    if limit is not None:
-        populations = populations[:limit]
-    print(f"li2 sweep {spec['name']}: {len(points)} points, {len(points) - len(pending)} already in "
-          f"{spec['results']}, {len(pending)} to run in {len(populations)} population(s)", file=sys.stderr)
-    _quiet_lightning()
-    from tqdm.auto import tqdm
+def read_rows(path: str | os.PathLike) -> dict[str, dict]:
+    """Rows of a results JSONL by id (unparsable lines, e.g. a torn last line, are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            rows[row["id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return rows
 
-    bar = tqdm(total=sum(len(p) for p in populations), unit="pt", disable=not progress, file=sys.stderr)
+
+def done_ids(results: str | os.PathLike) -> set[str]:
+    """Ids of the points in a results JSONL."""
+    return set(read_rows(results))
+
+
+def append_results(results: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows as JSON lines with one write loop and an fsync; a short write raises OSError."""
+    from li2_lightning.study import write_jsonl
+
+    path = Path(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    if path.is_file() and path.stat().st_size and not _ends_with_newline(path):
+        write_jsonl(path, [{}], append=True)  # ends a torn line from a killed writer; "{}" is skipped by readers
+    write_jsonl(path, rows, append=True)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+class Sweep:
+    """A sweep file opened on its store: the studies (one per group of compatible points)."""
+
+    def __init__(self, path: str | os.PathLike, storage: Optional[str] = None, population_size: Optional[int] = None,
+                 accelerator: Optional[str] = None, results: Optional[str] = None, heartbeat_interval: int = 20,
+                 grace_period: int = 60) -> None:
+        from li2_lightning import study as st
+
+        spec = load_sweep(path)
+        if results:
+            spec["results"] = str(Path(results).resolve())
+        if population_size:
+            spec["population_size"] = population_size
+        if accelerator:
+            spec["accelerator"] = accelerator
+        self.spec = spec
+        self.points = expand(spec)
+        self.index = {point_id(p): i for i, p in enumerate(self.points)}
+        url = storage or st.default_store_url(Path(spec["results"]))
+        self.store = st.open_store(url, heartbeat_interval, grace_period)  # StoreError before any training
+        old = {k: v for k, v in read_rows(spec["results"]).items() if k in self.index}
+        self.studies: list[tuple[Any, list[dict]]] = []
+        for key, members in groups(self.points).items():
+            entries = [(self.index[point_id(p)], point_id(p), p) for p in members]
+            study = st.ensure_study(self.store, st.study_name(spec["name"], key), entries, old)
+            self.studies.append((study, members))
+        self._sizes: dict[int, int] = {}
+
+    def size(self, i: int) -> int:
+        """Population size of study i: the file's, or from free memory."""
+        if i not in self._sizes:
+            fixed = self.spec.get("population_size")
+            members = self.studies[i][1]
+            device = "cuda" if self.spec.get("accelerator") in ("gpu", "cuda") else "cpu"
+            self._sizes[i] = fixed or population_size_for(members, device=device)
+        return self._sizes[i]
+
+    def rows(self) -> list[dict]:
+        """One row per finished point (the first COMPLETE trial of each), in file order."""
+        from li2_lightning.study import completed_rows
+
+        out: dict[str, dict] = {}
+        for study, _ in self.studies:
+            for row in completed_rows(study):
+                out.setdefault(row["id"], row)
+        return sorted(out.values(), key=lambda r: self.index.get(r["id"], 0))
+
+    def export(self, out: Optional[str | os.PathLike] = None) -> Path:
+        """Write the finished rows as JSON lines to ``out`` (default ``results``), keeping the rows of
+        other sweeps that share the file; written to a temporary file and renamed."""
+        from li2_lightning.study import write_jsonl
+
+        path = Path(out or self.spec["results"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = self.rows()
+        others = [r for k, r in read_rows(path).items() if k not in self.index]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            write_jsonl(tmp, others + mine)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def pending(self) -> int:
+        """Points not yet finished."""
+        from optuna.trial import TrialState
+
+        done = {t.user_attrs.get("point_id") for study, _ in self.studies
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        return sum(pid not in done for pid in self.index)
+
+    def work(self, limit: Optional[int] = None, progress: bool = True, timings: Optional[dict] = None) -> int:
+        """Train populations until no point is waiting or running; returns the points trained here.
+
+        A worker with nothing to ask waits for the running trials of others, failing and re-enqueueing
+        those whose heartbeats stopped, so a killed worker's points are finished here.
+
+        Args:
+            limit: stop after this many populations.
+            timings: if given, gets ``{"store": s, "train": s}``: seconds in Optuna calls and in training.
+        """
+        from optuna.trial import TrialState
+
+        from li2_lightning import study as st
+
+        _quiet_lightning()
+        from tqdm.auto import tqdm
+
+        timings = {} if timings is None else timings
+        timings.setdefault("store", 0.0)
+        timings.setdefault("train", 0.0)
+        bar = tqdm(total=len(self.points), initial=len(self.points) - self.pending(), unit="pt",
+                   disable=not progress, file=sys.stderr)
+        trained = populations = 0
+        active = list(range(len(self.studies)))
+        while active and (limit is None or populations < limit):
+            t0 = time.perf_counter()
+            for i in active:
+                study, _ = self.studies[i]
+                try:
+                    trials = st.ask_batch(study, self.store, self.size(i))
+                except (ValueError, st.StoreError):
+                    raise
+                except Exception as err:  # nothing trained yet, nothing lost: say which store failed
+                    raise st.StoreError(f"results store '{self.store.path or self.store.url}' failed while "
+                                        f"asking for points: {st._why(err)}") from err
+                if trials:
+                    break
+            timings["store"] += time.perf_counter() - t0
+            if not trials:  # nothing waiting: reclaim dead workers' points or wait for the live ones
+                t0 = time.perf_counter()
+                for i in active:
+                    st.reclaim_stale(self.store, self.studies[i][0])
+                live = []
+                for i in active:
+                    c = st.counts(self.studies[i][0])
+                    if c.get("WAITING") or c.get("RUNNING"):
+                        live.append(i)
+                waiting = any(st.counts(self.studies[i][0]).get("WAITING") for i in live)
+                active = live
+                timings["store"] += time.perf_counter() - t0
+                if active and not waiting:
+                    time.sleep(min(self.store.heartbeat_interval, 2))
+                continue
+            members = [t.user_attrs["point"] for t in trials]
+            with st.Heartbeat(self.store, study) as hb:
+                hb.trial_ids = [t._trial_id for t in trials]
+                t0 = time.perf_counter()
+                rows = run_population(members, self.spec, bar if progress else None)
+                timings["train"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                st.tell_rows(study, self.store, trials, rows, self.spec["name"])  # raises UnrecordedResults
+                timings["store"] += time.perf_counter() - t0
+            trained += len(rows)
+            populations += 1
+            grokked = sum(r.get("epochs_to_test_acc_0.99") is not None for r in rows)
+            bar.set_postfix_str(f"{members[0]['group']}: {grokked}/{len(rows)} to test acc 0.99")
+            bar.update(len(rows))
+        bar.close()
+        return trained
+
+
+def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population_size: Optional[int] = None,
+              accelerator: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
+              storage: Optional[str] = None, workers: int = 1, heartbeat_interval: int = 20,
+              grace_period: int = 60, export: bool = True, threads: Optional[int] = None) -> int:
+    """Run every pending point of a sweep file; returns the number of points trained by this process.
+
+    With ``workers`` > 1, starts that many worker processes (this process trains nothing) and
+    returns 0; their exit status is checked.
+
+    Raises:
+        ValueError: on a wrong sweep file. StoreError: the store cannot be opened or written.
+        UnrecordedResults: a result could not be told (saved to the file it names).
+        RuntimeError: a worker process failed.
+    """
+    sweep = Sweep(path, storage, population_size, accelerator, results, heartbeat_interval, grace_period)
+    spec = sweep.spec
+    print(f"li2 sweep {spec['name']}: {len(sweep.points)} points in {len(sweep.studies)} group(s), "
+          f"{sweep.pending()} to run; store {sweep.store.path or sweep.store.url}", file=sys.stderr)
     trained = 0
-    for members in populations:
-        rows = run_population(members, spec, bar if progress else None)
-        append_results(spec["results"], rows)
-        trained += len(rows)
-        grokked = sum(r.get("epochs_to_test_acc_0.99") is not None for r in rows)
-        bar.set_postfix_str(f"{members[0]['group']}: {grokked}/{len(rows)} to test acc 0.99")
-        bar.update(len(rows))
-    bar.close()
+    if workers > 1:
+        cmd = [sys.executable, "-m", "li2_lightning.sweep", spec["_file"], "--storage", sweep.store.url,
+               "--results", spec["results"], "--no-export", "--heartbeat-interval", str(heartbeat_interval),
+               "--grace-period", str(grace_period)] + (["--no-progress"] if not progress else [])
+        for flag, value in (("--population-size", population_size), ("--accelerator", accelerator),
+                            ("--limit", limit), ("--threads", threads)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        procs = [subprocess.Popen(cmd) for _ in range(workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise RuntimeError(f"worker exit statuses {codes}; rerun `li2 sweep {path}` to finish the sweep")
+    else:
+        trained = sweep.work(limit, progress)
+    if export:
+        out = sweep.export()
+        left = sweep.pending()
+        print(f"li2 sweep {spec['name']}: {len(sweep.points) - left} of {len(sweep.points)} points finished, "
+              f"exported to {out}", file=sys.stderr)
     return trained
 
 
@@ -276,8 +628,9 @@ def _quiet_lightning() -> None:
 
 def export_wandb(path: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Write a W&B sweep config that runs each point of ``path`` as one agent run."""
-    n = len(expand(load_sweep(path)))
-    config = {"name": load_sweep(path)["name"], "program": "li2", "method": "grid",
+    spec = load_sweep(path)
+    n = len(expand(spec))
+    config = {"name": spec["name"], "program": "li2", "method": "grid",
               "parameters": {"point_index": {"values": list(range(n))}},
               "command": ["li2", "sweep", str(path), "${args}"]}
     Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -310,15 +663,39 @@ def run_point(path: str | os.PathLike, index: int, results: Optional[str] = None
     return row
 
 
+def dry_run(path: str | os.PathLike, population_size: Optional[int] = None) -> str:
+    """The plan: points, groups, population sizes (nothing is opened or written)."""
+    spec = load_sweep(path)
+    points = expand(spec)
+    done = done_ids(spec["results"])
+    lines = [f"{spec['name']}: {len(points)} points in {len(groups(points))} group(s); "
+             f"{sum(point_id(p) in done for p in points)} already in {spec['results']}"]
+    for members in groups(points).values():
+        S = population_size or spec.get("population_size") or population_size_for(members)
+        lines.append(f"  {members[0]['group']} K={members[0].get('K', 512)}: {len(members)} points, "
+                     f"populations of {S}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """``li2 sweep FILE [--results PATH] [--population-size N] [--accelerator A] [--dry-run] ...``."""
+    """``li2 sweep FILE [--workers N] [--storage URL] [--export OUT] [--dry-run] ...``."""
+    from li2_lightning.study import StoreError, UnrecordedResults
+
     parser = argparse.ArgumentParser(prog="li2 sweep", description=__doc__.splitlines()[0])
     parser.add_argument("file", help="sweep YAML file")
     parser.add_argument("--results", help="results JSONL (default: the file's `results`)")
+    parser.add_argument("--storage", help="Optuna store: sqlite:///PATH (default: beside results), "
+                                          "journal:PATH, or a database URL")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: this one)")
+    parser.add_argument("--export", metavar="OUT", help="write the finished points as JSON lines to OUT and exit")
     parser.add_argument("--population-size", type=int, help="override the file's population_size")
     parser.add_argument("--accelerator", help="override the file's accelerator (cpu, gpu, auto, ...)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--limit", type=int, help="run at most this many populations, then stop")
+    parser.add_argument("--heartbeat-interval", type=int, default=20, help="seconds between heartbeats")
+    parser.add_argument("--grace-period", type=int, default=60,
+                        help="seconds without heartbeat after which a worker counts as dead")
+    parser.add_argument("--no-export", action="store_true", help="do not rewrite `results` at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--export-wandb", metavar="OUT", help="write a W&B sweep config and exit")
@@ -332,6 +709,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         torch.set_flush_denormal(True)
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.workers < 1:
+            raise ValueError(f"--workers={args.workers} is not accepted; accepted: an integer >= 1")
         if args.export_wandb:
             export_wandb(args.file, args.export_wandb)
             print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` per machine")
@@ -340,15 +719,25 @@ def main(argv: Optional[list[str]] = None) -> None:
             run_point(args.file, args.point_index, args.results)
             return
         if args.dry_run:
-            spec = load_sweep(args.file)
-            points = expand(spec)
-            done = done_ids(args.results or spec["results"])
-            pending = [p for p in points if point_id(p) not in done]
-            pops = pack(pending, args.population_size or spec["population_size"])
-            print(f"{spec['name']}: {len(points)} points, {len(points) - len(pending)} done, "
-                  f"{len(pops)} populations to run: sizes {[len(p) for p in pops]}")
+            print(dry_run(args.file, args.population_size))
+            return
+        if args.export:
+            sweep = Sweep(args.file, args.storage, results=args.results, heartbeat_interval=args.heartbeat_interval,
+                          grace_period=args.grace_period)
+            out = sweep.export(args.export)
+            print(f"wrote {len(sweep.rows())} rows to {out}", file=sys.stderr)
             return
         run_sweep(args.file, args.results, args.population_size, args.accelerator, args.limit,
-                  progress=not args.no_progress)
-    except ValueError as err:
+                  progress=not args.no_progress, storage=args.storage, workers=args.workers,
+                  heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+                  export=not args.no_export, threads=args.threads)
+    except (ValueError, StoreError) as err:
         parser.exit(2, f"li2 sweep: error: {err}\n")
+    except UnrecordedResults as err:
+        parser.exit(3, f"li2 sweep: error: {err}\n")
+    except RuntimeError as err:
+        parser.exit(1, f"li2 sweep: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
