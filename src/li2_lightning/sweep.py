@@ -91,6 +91,9 @@ _TYPES: dict[str, tuple] = {
     "optimizer": (_STR,) + (None,) * 3 + (False,), "preset": (_STR,) + (None,) * 3 + (False,),
     "ns_dtype": (_STR,) + (None,) * 3 + (True,), "nesterov": (_BOOL,) + (None,) * 3 + (True,),
     "adam_decoupled": (_BOOL,) + (None,) * 3 + (True,),
+    "hidden_layers": (_INT, 1, True, None, False), "residual": (_BOOL,) + (None,) * 3 + (False,),
+    "complex_weights": (_BOOL,) + (None,) * 3 + (False,), "top_layer": (_STR,) + (None,) * 3 + (False,),
+    "ridge_lambda": (_NUM, 0, True, None, False),
 }
 _CHOICES = {"optimizer": ("adam", "adamw", "sgd", "muon"), "preset": ("li2", "keller", "torch")}
 
