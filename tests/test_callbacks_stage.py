@@ -116,3 +116,50 @@ def test_li2module_without_weight_decay_has_no_interactive_stage(tmp_path):
     stage, val = _li2_run(0.0, 200, tmp_path)
     assert "interactive" not in [t["to"] for t in stage.transitions] and val < 0.5
     assert stage.stage is Stage.STALLED
+
+
+def test_signal_is_validated_and_weight_decay_read_from_the_optimizers():
+    import pytest
+
+    with pytest.raises(ValueError, match="signal='ridge'"):
+        StageMonitor(signal="ridge")
+
+    class T:
+        def __init__(self, *opts):
+            self.optimizers = list(opts)
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert StageMonitor.weight_decay(T(torch.optim.AdamW(p, weight_decay=0.0))) is False
+    assert StageMonitor.weight_decay(T(torch.optim.AdamW(p))) is True  # AdamW's default 0.01
+    assert StageMonitor.weight_decay(T(torch.optim.Adam(p, weight_decay=2e-4))) is True
+    assert StageMonitor.weight_decay(T(torch.optim.SGD(p, lr=0.1))) is False
+
+    class NoDecayKey:  # an optimizer whose groups do not say
+        param_groups = [{"params": p, "lr": 0.1}]
+
+    assert StageMonitor.weight_decay(T(NoDecayKey())) is None
+
+
+def test_cross_entropy_run_uses_the_feature_signals_and_says_so_once(caplog):
+    """A user's CE + AdamW module (a_G stays ~0.85 through grokking): independent, then interactive
+    once test accuracy leaves chance while purity rises; the switch is announced once (~4 s)."""
+    import lightning.pytorch as pl
+    from test_stage_sequences import UserNet
+
+    pl.seed_everything(1, verbose=False)
+    stage = StageMonitor()
+    trainer = pl.Trainer(max_epochs=170, logger=False, callbacks=[stage], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with caplog.at_level("INFO"):
+        trainer.fit(UserNet(train_fraction=0.7, lr=3e-3, weight_decay=1.0))
+    said = [r.getMessage() for r in caplog.records if "StageMonitor: the loss is 'ce'" in r.getMessage()]
+    assert len(said) == 1
+    assert [t["to"] for t in stage.transitions] == ["independent", "interactive"]
+    t = stage.transitions[1]
+    chance = 1 / 23
+    assert t["val_acc"] >= chance + 0.1 * (1 - chance) and t["a_G"] > 0.7  # a_G did not fall
+    state = stage.state_dict()
+    assert state["a_G_signal"] is False and state["val_history"]
+    again = StageMonitor()
+    again.load_state_dict(state)
+    assert again.memory.val_history == stage.memory.val_history and again._a_G_signal is False

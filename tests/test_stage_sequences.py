@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -72,3 +72,94 @@ class UserNet(LightningModule):
     def li2_probe(self) -> Li2Probe:
         return Li2Probe(M=self.M, x=self.x, y=self.y, W=self.W.detach(), V=self.V.detach(), activation="sqr",
                         loss="ce")
+
+
+def _stages(model, epochs, datamodule=None, **monitor_kw):
+    """Fit with only a StageMonitor attached; returns the monitor and the epochs' val/acc."""
+    accs: list[float] = []
+
+    class ValAcc(Callback):  # records val/acc per epoch
+        def on_train_epoch_end(self, trainer, pl_module):
+            accs.append(float(trainer.callback_metrics.get("val/acc", float("nan"))))
+
+    monitor = StageMonitor(**monitor_kw)
+    trainer = Trainer(max_epochs=epochs, logger=False, callbacks=[monitor, ValAcc()], enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      accelerator="cpu")
+    trainer.fit(model, datamodule=datamodule)
+    return monitor, accs
+
+
+def _sequence(monitor):
+    return [(t["to"], t["epoch"]) for t in monitor.transitions]
+
+
+def _first(accs, level):
+    return next((e for e, a in enumerate(accs) if a >= level), None)
+
+
+def _li2module(optimizer, wd, lr, group="Z23", K=256, n_train=317, **opt_kw):
+    from li2_lightning.data import GroupArithmeticDataModule
+    from li2_lightning.module import Li2Module
+
+    seed_everything(1)
+    model = Li2Module(K=K, optimizer=lambda p: optimizer(p, lr=lr, weight_decay=wd, **opt_kw))
+    return model, GroupArithmeticDataModule(group, n_train=n_train, split_seed=1)
+
+
+@pytest.mark.slow
+def test_cross_entropy_adamw_on_a_user_module_goes_independent_then_interactive(caplog):
+    seed_everything(1)
+    with caplog.at_level("INFO"):
+        monitor, accs = _stages(UserNet(train_fraction=0.7, lr=3e-3, weight_decay=1.0), 2000)
+    assert sum("does not" in r.getMessage() and "StageMonitor" in r.getMessage() for r in caplog.records) == 1
+    seq = _sequence(monitor)
+    print("CE AdamW wd 1:", seq, "val>=0.5 at", _first(accs, 0.5), "max", max(accs))
+    assert [s for s, _ in seq][:2] == ["independent", "interactive"]
+    assert _first(accs, 0.5) is not None and seq[1][1] < _first(accs, 0.5)  # interactive before grokking
+    if max(accs) < 0.99:
+        assert "done" not in [s for s, _ in seq]
+    else:
+        assert seq[-1][0] == "done" and seq[-1][1] == _first(accs, 0.99)
+
+
+@pytest.mark.slow
+def test_cross_entropy_adamw_without_weight_decay_stalls_without_interactive_stage():
+    seed_everything(1)
+    monitor, accs = _stages(UserNet(train_fraction=0.7, lr=3e-3, weight_decay=0.0), 1000)
+    seq = _sequence(monitor)
+    print("CE AdamW wd 0:", seq, "max val acc", max(accs))
+    assert max(accs) < 0.2  # no grokking
+    assert [s for s, _ in seq] == ["independent", "stalled"]
+
+
+@pytest.mark.slow
+def test_sgd_mse_groks_in_order_and_its_weight_decay_0_twin_stalls():
+    model, dm = _li2module(torch.optim.SGD, 1e-3, 0.3, momentum=0.9)
+    monitor, accs = _stages(model, 1500, dm)
+    seq = _sequence(monitor)
+    print("MSE SGD wd 1e-3:", seq, "val>=0.99 at", _first(accs, 0.99))
+    assert [s for s, _ in seq] == ["independent", "interactive", "done"]
+    assert seq[1][1] < _first(accs, 0.5) and seq[2][1] >= _first(accs, 0.99)
+
+    model, dm = _li2module(torch.optim.SGD, 0.0, 0.3, momentum=0.9)
+    monitor, accs = _stages(model, 1500, dm)
+    seq = _sequence(monitor)
+    print("MSE SGD wd 0:", seq, "max val acc", max(accs))
+    assert max(accs) < 0.5 and [s for s, _ in seq] == ["independent", "stalled"]
+
+
+@pytest.mark.slow
+def test_fig3_stages_with_and_without_weight_decay():
+    """Fig. 3 (Z71, K 2048, n 2016, MSE, Adam lr 1e-3, coupled L2): independent ~17, interactive ~80,
+    done ~190; with weight decay 0: stalled ~97 and no interactive stage."""
+    model, dm = _li2module(torch.optim.Adam, 2e-4, 1e-3, group="Z71", K=2048, n_train=2016)
+    seq = _sequence(_stages(model, 300, dm)[0])
+    print("Fig. 3 wd 2e-4:", seq)
+    assert [s for s, _ in seq] == ["independent", "interactive", "done"]
+    assert abs(seq[0][1] - 17) <= 5 and abs(seq[1][1] - 80) <= 10 and abs(seq[2][1] - 190) <= 20
+
+    model, dm = _li2module(torch.optim.Adam, 0.0, 1e-3, group="Z71", K=2048, n_train=2016)
+    seq = _sequence(_stages(model, 300, dm)[0])
+    print("Fig. 3 wd 0:", seq)
+    assert [s for s, _ in seq] == ["independent", "stalled"] and abs(seq[1][1] - 97) <= 10
