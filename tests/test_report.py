@@ -71,3 +71,42 @@ def test_report_logs_figures_to_offline_wandb(tmp_path):
     report([str(path)], tmp_path / "out", use_wandb=True)
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_json_that_is_not_a_row_names_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_rows()[0]) + "\n" + "[1, 2]\n")
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: not a result row"):
+        load_results([path])
+
+
+def test_diverged_rows_are_kept_out_and_boundaries_split_by_weight_decay(tmp_path):
+    """Two weight decays with boundaries c=2.5 and c=1.5 in the synthetic law give two fits, not one
+    pooled; diverged rows (accuracy 1 but diverged) would move the boundary if counted."""
+    rows = []
+    for wd, c_true in ((1e-3, 2.5), (1e-4, 1.5)):
+        for r in _rows(c_true):
+            if r["group"] == "Z71":
+                continue
+            r = {**r, "id": f"{r['id']}-{wd}", "point": {**r["point"], "weight_decay": wd}, "weight_decay": wd}
+            rows.append(r)
+    rows += [{**r, "id": r["id"] + "-div", "final_test_acc": 1.0, "diverged": True, "outcome": "diverged",
+              "point": {**r["point"], "seed": 99}} for r in rows if r["point"]["p_star_multiplier"] == 0.5]
+    s = scaling_summary(rows)
+    assert s["settings"] == ["weight_decay"]
+    assert set(s["fits"]) == {"weight_decay=0.001", "weight_decay=0.0001"}
+    assert 2.0 < s["fits"]["weight_decay=0.001"]["c"] < 3.0 and 1.2 < s["fits"]["weight_decay=0.0001"]["c"] < 1.8
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = report([str(path)], tmp_path / "out")
+    assert summary["diverged"] == 3 * 4 * 2
+
+
+def test_curves_figure_from_rows_with_curves(tmp_path):
+    rows = [{"id": str(s), "group": "Z5", "M": 5, "final_test_acc": 1.0, "train_fraction": 0.4, "epochs": 3,
+             "curves": {"train/acc": [0.1, 0.5, 1.0], "val/acc": [0.0, None, 1.0]}} for s in range(2)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = report([str(path)], tmp_path / "out")
+    assert any(f.endswith("curves.png") for f in summary["figures"])
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"

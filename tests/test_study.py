@@ -175,7 +175,7 @@ def test_read_only_store_folder_fails_before_training(tmp_path):
             main([str(path), "--no-progress"])
         assert exit_info.value.code == 2
     finally:
-        subprocess.run(["umount", str(ro)])
+        subprocess.run(["umount", "-l", str(ro)])
 
 
 def test_full_disk_at_tell_time_keeps_results_in_fallback_file(tmp_path):
@@ -208,4 +208,4 @@ def test_full_disk_at_tell_time_keeps_results_in_fallback_file(tmp_path):
         assert sorted(rows) == sorted(point_id(p) for p in expand(load_sweep(path)))
         assert all(r["epochs"] == 3000 and len(r["curves"]["val/acc"]) == 3000 for r in rows.values())
     finally:
-        subprocess.run(["umount", str(disk)])
+        subprocess.run(["umount", "-l", str(disk)])

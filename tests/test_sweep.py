@@ -159,3 +159,53 @@ def test_sweep_points_choose_optimizer_and_preset(preset):
         "muon", preset, 0.9, (0.8, 0.99))
     assert [m.muon_lr for m in module.members] == [0.02, 0.05]
     assert module.spec.muon_preset().nesterov == (preset != "li2")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fixed: {group: Z5, max_epochs: abc}", "fixed.max_epochs='abc' is not accepted; accepted: an integer >= 1"),
+    ("fixed: {group: Z5, max_epochs: 0}", "fixed.max_epochs=0 is not accepted; accepted: an integer >= 1"),
+    ("fixed: [1, 2]", "fixed=[1, 2] is not accepted; accepted: a mapping"),
+    ("- group: Z5\n- group: Z7\n", "holds a list; accepted: a mapping"),
+    ("fixed: {group: Z5\n", "is not valid YAML at line"),
+    ("grid: {group: [Z5], lr: [0.1, -1]}", "grid.lr[1]=-1 is not accepted; accepted: a number >= 0"),
+    ("grid: {group: [Z5], optimizer: [adam, lion]}", "accepted: one of ['adam', 'adamw', 'sgd', 'muon']"),
+    ("fixed: {group: Z5, nesterov: 1}", "fixed.nesterov=1 is not accepted; accepted: true or false"),
+])
+def test_wrong_sweep_files_give_one_line_naming_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_sweep(path)
+    assert message in str(info.value) and "bad.yaml" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_binary_sweep_file(tmp_path):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ValueError, match="bin.yaml' is not a text file"):
+        load_sweep(path)
+
+
+def test_diverged_member_is_flagged():
+    """A huge SGD step makes member 0's loss overflow; member 1 trains normally."""
+    from li2_lightning.sweep import run_population
+
+    rows = run_population([{"group": "Z5", "K": 8, "max_epochs": 10, "lr": lr, "seed": s, "optimizer": "sgd"}
+                           for s, lr in ((0, 1e4), (1, 1e-2))], {"name": "t", "accelerator": "cpu"})
+    assert [r["diverged"] for r in rows] == [True, False]
+    assert [r["outcome"] for r in rows] == ["diverged", "finished"]
+    assert len(rows[1]["curves"]["train/loss"]) == 10 and all(v is not None for v in rows[1]["curves"]["train/loss"])
+
+
+def test_population_size_from_memory():
+    from li2_lightning.memory import SAFETY, estimate_bytes
+    from li2_lightning.sweep import population_size_for
+
+    members = [{"group": "Z7", "K": 8, "seed": s} for s in range(40)]
+    n = 19  # 40% of 49 pairs
+    est = estimate_bytes(7, 8, n, 49 - n)
+    per = SAFETY * (est.model + max(est.train_step, est.val_step))
+    assert population_size_for(members, available=int(SAFETY * est.data + 5.5 * per)) == 5
+    assert population_size_for(members, available=10**12) == 32
+    with pytest.raises(ValueError, match="free"):
+        population_size_for(members, available=int(SAFETY * est.data + 0.5 * per))

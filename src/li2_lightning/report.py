@@ -35,23 +35,64 @@ SUCCESS_ACC = 0.9
 
 
 def load_results(paths: list[str | os.PathLike]) -> list[dict]:
-    """Rows of one or more JSONL results files (torn lines skipped; a later duplicate id wins)."""
+    """Rows of one or more JSONL results files (a later duplicate id wins).
+
+    A line that is not JSON (a line torn by a killed writer) is skipped with a warning naming it.
+
+    Raises:
+        ValueError: naming the file and line of JSON that is not a result row (a mapping with
+            ``id``, ``group`` and ``M``), or a missing file.
+    """
     rows: dict[str, dict] = {}
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"results file '{path}' does not exist")
-        for i, line in enumerate(path.read_text().splitlines()):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"results file '{path}' is not a text file; accepted: JSON lines written by `li2 sweep`") from None
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                print(f"li2 report: {path}:{i}: not JSON (a torn line?), skipped", file=sys.stderr)
                 continue
-            rows[row.get("id", f"{path}:{i}")] = row
+            if not isinstance(row, dict) or not all(k in row for k in ROW_KEYS):
+                raise ValueError(f"{path}:{i}: not a result row of `li2 sweep` (a JSON object with keys "
+                                 f"{list(ROW_KEYS)}); got {line[:80]!r}")
+            rows[row["id"]] = row
     return list(rows.values())
 
 
+ROW_KEYS = ("id", "group", "M")
+#: point settings that never separate a boundary: the train size (the boundary's axis) and seeds
+_NOT_SETTINGS = ("train_fraction", "n_train", "p_star_multiplier", "seed", "split_seed", "group")
+
+
+def varying_settings(rows: list[dict]) -> list[str]:
+    """Point settings (other than group, train size and seeds) that take more than one value in ``rows``."""
+    keys = sorted({k for r in rows for k in (r.get("point") or {}) if k not in _NOT_SETTINGS})
+    return [k for k in keys if len({json.dumps((r.get("point") or {}).get(k), default=str) for r in rows}) > 1]
+
+
+def setting_label(row: dict, keys: list[str]) -> str:
+    """``"weight_decay=0.001, lr=0.01"`` for the varying settings ``keys`` of a row ('' if none)."""
+    point = row.get("point") or {}
+    return ", ".join(f"{k}={point.get(k)}" for k in keys)
+
+
+def usable(rows: list[dict]) -> tuple[list[dict], int]:
+    """Rows whose member did not diverge, and how many diverged (kept out of fits and tables)."""
+    kept = [r for r in rows if not r.get("diverged")]
+    return kept, len(rows) - len(kept)
+
+
 def _is_cyclic(name: str) -> bool:
-    return name.upper().startswith("Z") and "X" not in name.upper()
+    name = name.split(" [")[0].upper()  # "Z23 [weight_decay=0.001]": the group part
+    return name.startswith("Z") and "X" not in name
 
 
 def boundary(points: list[tuple[float, float]]) -> Optional[float]:
@@ -97,28 +138,44 @@ def _r2(y: list[float], fit: list[float]) -> float:
 
 
 def scaling_summary(rows: list[dict], success: float = SUCCESS_ACC) -> dict:
-    """Per group: M, the success share per train fraction, the boundary p_b; and the fits."""
+    """Per group and setting: M, the success share per train fraction, the boundary p_b; and the fits.
+
+    Rows are split by every point setting that varies among them (:func:`varying_settings`), so a
+    weight-decay sweep gives one boundary per (group, weight decay); c is fitted per setting over
+    the cyclic groups. Diverged rows are left out.
+    """
+    rows, _ = usable(rows)
+    keys = varying_settings(rows)
     by_group: dict[str, dict[float, list[bool]]] = defaultdict(lambda: defaultdict(list))
     M_of: dict[str, int] = {}
+    label_of: dict[str, tuple[str, str]] = {}
     for r in rows:
         if r.get("final_test_acc") is None:
             continue
-        by_group[r["group"]][round(r["train_fraction"], 6)].append(r["final_test_acc"] >= success)
-        M_of[r["group"]] = r["M"]
+        label = setting_label(r, keys)
+        g = r["group"] if not label else f"{r['group']} [{label}]"
+        by_group[g][round(r["train_fraction"], 6)].append(r["final_test_acc"] >= success)
+        M_of[g] = r["M"]
+        label_of[g] = (r["group"], label)
     groups = {}
     for g, fr in by_group.items():
         shares = sorted((p, sum(v) / len(v)) for p, v in fr.items())
         pb = boundary(shares)
         groups[g] = {"M": M_of[g], "shares": shares, "seeds": min(len(v) for v in fr.values()),
-                     "boundary": pb, "boundary_over_pstar": None if pb is None else pb / critical_fraction(M_of[g]),
+                     "setting": label_of[g][1], "boundary": pb,
+                     "boundary_over_pstar": None if pb is None else pb / critical_fraction(M_of[g]),
                      "c_alone": None if pb is None else pb * M_of[g] / math.log(M_of[g])}
-    cyc = [(v["M"], v["boundary"]) for g, v in groups.items() if _is_cyclic(g) and v["boundary"]]
-    out: dict = {"groups": groups, "success_acc": success}
-    if len(cyc) >= 2:
-        Ms, ps = zip(*cyc)
-        c, r2 = fit_c(list(Ms), list(ps))
-        a, b, r2p = fit_power(list(Ms), list(ps))
-        out["fit"] = {"c": c, "r2": r2, "power_a": a, "power_b": b, "power_r2": r2p, "n_groups": len(cyc)}
+    out: dict = {"groups": groups, "success_acc": success, "settings": keys, "fits": {}}
+    for label in sorted({v["setting"] for v in groups.values()}):
+        cyc = [(v["M"], v["boundary"]) for g, v in groups.items()
+               if v["setting"] == label and _is_cyclic(label_of[g][0]) and v["boundary"]]
+        if len(cyc) >= 2:
+            Ms, ps = zip(*cyc)
+            c, r2 = fit_c(list(Ms), list(ps))
+            a, b, r2p = fit_power(list(Ms), list(ps))
+            out["fits"][label] = {"c": c, "r2": r2, "power_a": a, "power_b": b, "power_r2": r2p, "n_groups": len(cyc)}
+    if out["fits"]:
+        out["fit"] = next(iter(out["fits"].values()))
     return out
 
 
@@ -137,9 +194,11 @@ def plot_scaling(rows: list[dict], summary: dict, out: Path) -> Optional[Path]:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     acc = defaultdict(lambda: defaultdict(list))
-    for r in rows:
+    keys = summary.get("settings", [])
+    for r in usable(rows)[0]:
         if r.get("final_test_acc") is not None:
-            acc[r["group"]][r["train_fraction"]].append(r["final_test_acc"])
+            label = setting_label(r, keys)
+            acc[r["group"] if not label else f"{r['group']} [{label}]"][r["train_fraction"]].append(r["final_test_acc"])
     same_M: dict[int, int] = defaultdict(int)  # groups of one order drawn side by side, not on top
     for g in sorted(groups, key=lambda g: (not _is_cyclic(g), groups[g]["M"], g)):
         ps = sorted(acc[g])
@@ -150,7 +209,7 @@ def plot_scaling(rows: list[dict], summary: dict, out: Path) -> Optional[Path]:
         Ms = [groups[g]["M"] + shift] * len(ps)
         shares = dict(groups[g]["shares"])
         ax2.scatter(Ms, ps, c=[shares[round(p, 6)] for p in ps], cmap="RdYlGn", vmin=0, vmax=1,
-                    marker="o" if _is_cyclic(g) else ("s" if all(c in "Zz0123456789xX" for c in g) else "^"),
+                    marker="o" if _is_cyclic(g) else ("s" if all(c in "Zz0123456789xX" for c in g.split(" [")[0]) else "^"),
                     s=40, edgecolors="k", linewidths=0.3)
         if groups[g]["boundary"]:
             ax2.plot([groups[g]["M"] + shift], [groups[g]["boundary"]], "k_", ms=14, mew=2)
@@ -243,6 +302,33 @@ def plot_vs(rows: list[dict], key: str, out: Path, fname: str, title: str) -> Op
     return path
 
 
+def plot_curves(rows: list[dict], out: Path) -> Optional[Path]:
+    """``curves.png``: per-point train and test accuracy against epoch, one panel per group."""
+    with_curves = [r for r in rows if (r.get("curves") or {}).get("val/acc")]
+    if not with_curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["group"] for r in with_curves}, key=lambda g: (not _is_cyclic(g), g))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, g in zip(axes[0], names):
+        for r in (r for r in with_curves if r["group"] == g):
+            for key, style in (("train/acc", ":"), ("val/acc", "-")):
+                ys = [float("nan") if y is None else y for y in r["curves"].get(key, [])]
+                ax.plot(range(len(ys)), ys, style, lw=0.8, alpha=0.6, c="C1" if key == "train/acc" else "C0")
+        ax.set_title(f"{g}: test (—) and train (⋯) accuracy", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def markdown(summary: dict, by: dict[str, dict]) -> str:
     lines = []
     groups = summary["groups"]
@@ -253,11 +339,10 @@ def markdown(summary: dict, by: dict[str, dict]) -> str:
             cells = ["–", "–", "–"] if pb is None else [f"{pb:.3f}", f"{v['boundary_over_pstar']:.2f}",
                                                           f"{v['c_alone']:.2f}"]
             lines.append(f"| {g} | {v['M']} | {v['seeds']} | " + " | ".join(cells) + " |")
-        if "fit" in summary:
-            f = summary["fit"]
-            lines += ["", f"Fitted over {f['n_groups']} cyclic groups: p_b = {f['c']:.3f} · ln M / M "
-                          f"(R² {f['r2']:.3f}); power law p_b = {f['power_a']:.2f} · M^-{f['power_b']:.2f} "
-                          f"(R² {f['power_r2']:.3f}).", ""]
+        for label, f in summary.get("fits", {}).items():
+            lines += ["", f"Fitted over {f['n_groups']} cyclic groups{' at ' + label if label else ''}: "
+                          f"p_b = {f['c']:.3f} · ln M / M (R² {f['r2']:.3f}); power law p_b = "
+                          f"{f['power_a']:.2f} · M^-{f['power_b']:.2f} (R² {f['power_r2']:.3f}).", ""]
     for key, stats in by.items():
         lines += [f"| group | {key} | seeds | epochs to test acc 0.5 | epochs to 0.99 | final test acc |",
                   "|---|---|---|---|---|---|"]
@@ -277,6 +362,12 @@ def report(paths: list[str], out: str | os.PathLike, success: float = SUCCESS_AC
     rows = load_results(paths)
     if not rows:
         raise ValueError(f"no result rows in {paths}")
+    rows, diverged = usable(rows)
+    if diverged:
+        print(f"li2 report: {diverged} diverged member(s) (non-finite loss or parameters) left out of fits and tables",
+              file=sys.stderr)
+    if not rows:
+        raise ValueError(f"every row in {paths} diverged; nothing to report")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
@@ -298,6 +389,10 @@ def report(paths: list[str], out: str | os.PathLike, success: float = SUCCESS_AC
         if sel:
             by[key] = grok_by(sel, key)
             figures.append(plot_vs(sel, key, out, fname, title))
+    curves = plot_curves(rows, out)
+    if curves:
+        figures.append(curves)
+    summary["diverged"] = diverged
     summary["by"] = {k: {f"{g}|{v}": s for (g, v), s in st.items()} for k, st in by.items()}
     summary["figures"] = [str(f) for f in figures if f]
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -425,7 +425,8 @@ def append_results(results: str | os.PathLike, rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
     if path.is_file() and path.stat().st_size and not _ends_with_newline(path):
-        write_jsonl(path, [{}], append=True)  # ends a torn line from a killed writer; "{}" is skipped by readers
+        with path.open("a") as f:  # a torn line from a killed writer stays on its own line
+            f.write("\n")
     write_jsonl(path, rows, append=True)
 
 
