@@ -182,3 +182,18 @@ def test_sigterm_ends_the_run_with_a_nonzero_status(tmp_path):
         cwd=tmp_path, env=_env(tmp_path, WANDB_MODE="disabled"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 143, (result.returncode, result.stderr[-2000:])
     assert "stopped by SIGTERM" in result.stderr
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--data.group", "G13"], "group='G13'"),
+    (["--data.train_fraction", "1.5"], "train_fraction=1.5"),
+])
+def test_bad_input_from_the_command_line_is_one_line_with_status_2(args, names, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", "--config", DEFAULT, *args],
+        cwd=tmp_path, env=_env(tmp_path, WANDB_MODE="disabled"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("li2 fit: error: ") and names in last
+    assert "Traceback" not in result.stderr
+    assert not any(tmp_path.rglob("config.yaml"))  # nothing was written before the error

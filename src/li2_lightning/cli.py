@@ -364,3 +364,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         # Lightning has stopped the loops and torn down; a zero status would read as a finished run
         print(f"li2: stopped by SIGTERM; exit status {SIGTERM_STATUS}", file=sys.stderr)
         sys.exit(SIGTERM_STATUS)
+    except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:
+        # Bad input (a setting, a file, a checkpoint) and a diverged run are the user's to fix: one
+        # line naming what is wrong reads better than a traceback through Lightning's internals.
+        if os.environ.get("LI2_TRACEBACK"):
+            raise
+        command = words[0] if words and not words[0].startswith("-") else "fit"
+        print(f"li2 {command}: error: {err}  (LI2_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2 if isinstance(err, (ValueError, FileNotFoundError)) else 1)
