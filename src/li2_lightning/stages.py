@@ -195,12 +195,16 @@ def is_stalled(obs: Observation, peak: float, dp: Optional[float], th: Threshold
 
 def resumes(obs: Observation, peak: float, dp: Optional[float], th: Thresholds,
             dval: Optional[float] = None) -> bool:
-    """A stalled run moves again: a_G back above ``stall_align`` × peak and purity rising
-    (feature signals: purity or test accuracy rising)."""
+    """A stalled run moves again: a_G back above ``stall_align`` × peak and purity rising.
+
+    Feature signals: purity rising, or test accuracy jumping by half the ``generalization_gain``
+    level within the window (five times the flat level: one test sample more or less must not
+    flip a stalled run back and forth).
+    """
     if dp is None:
         return False
     if not obs.a_G_signal:
-        return (dp >= th.purity_flat) | (dval is not None and dval >= _val_flat(obs, th))
+        return (dp >= th.purity_flat) | (dval is not None and dval >= 5 * _val_flat(obs, th))
     return (dp >= th.purity_flat) & (obs.a_G > th.stall_align * peak)
 
 
