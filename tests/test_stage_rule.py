@@ -5,7 +5,7 @@ import math
 import pytest
 
 from li2_lightning.stages import (Memory, Observation, Stage, Thresholds, delta_purity, enters_independent,
-                                  enters_interactive, is_done, is_stalled, next_stage, resumes)
+                                  enters_interactive, features_matter, is_done, is_stalled, next_stage, resumes)
 
 TH = Thresholds()
 
@@ -117,3 +117,61 @@ def test_thresholds_validate_and_stage_labels_round_trip():
     with pytest.raises(ValueError, match="stage='grokked'"):
         Stage.from_label("grokked")
     assert obs(M=None).chance == 0.0 and obs(M=4.0).chance == 0.25 and math.isinf(Memory().peak_a_G)
+
+
+# --- the feature signals (cross-entropy: a_G's fall does not apply) --------------------------
+def fobs(**kw):
+    return obs(**{"a_G_signal": False, "M": 23.0, **kw})
+
+
+CHANCE23 = 1 / 23
+GAIN23 = CHANCE23 + 0.1 * (1 - CHANCE23)  # test accuracy at which the features matter
+FLAT23 = 0.1 * (1 - CHANCE23) / 10  # test accuracy change counted as flat over a window
+
+
+def test_features_matter_reads_test_accuracy_and_coverage_only_without_it():
+    assert features_matter(fobs(val_acc=GAIN23 + 1e-9), TH)
+    assert not features_matter(fobs(val_acc=GAIN23 - 1e-9, coverage=0.09), TH)  # one covered irrep, test at chance
+    assert features_matter(fobs(val_acc=None, coverage=0.09), TH)
+    assert not features_matter(fobs(val_acc=None, coverage=0.0), TH)
+
+
+def test_feature_signals_done_on_test_accuracy_without_full_coverage():
+    assert is_done(fobs(coverage=0.8, val_acc=0.99), TH)
+    assert not is_done(fobs(coverage=1.0, val_acc=0.98), TH)
+    assert not is_done(obs(coverage=0.8, val_acc=1.0), TH)  # the theory's rule still needs coverage
+    assert is_done(fobs(coverage=1.0, val_acc=None), TH) and not is_done(fobs(coverage=0.9, val_acc=None), TH)
+
+
+def test_feature_signals_interactive_needs_no_a_G_drop():
+    assert enters_interactive(fobs(a_G=0.9, val_acc=GAIN23 + 1e-9), peak=0.9, dp=1e-4, th=TH)
+    assert not enters_interactive(fobs(a_G=0.9, val_acc=GAIN23 + 1e-9), peak=0.9, dp=0.0, th=TH)  # purity not rising
+    assert not enters_interactive(fobs(a_G=0.5, val_acc=GAIN23 - 1e-9), peak=0.9, dp=0.05, th=TH)
+    assert not enters_interactive(obs(a_G=0.9, val_acc=1.0), peak=0.9, dp=0.05, th=TH)  # theory's rule: no drop
+
+
+def test_feature_signals_stall_only_without_weight_decay_and_with_nothing_moving():
+    base = dict(train_acc=1.0, a_G=0.85, val_acc=0.05)
+    assert is_stalled(fobs(weight_decay=False, **base), peak=0.9, dp=0.001, th=TH, dval=FLAT23 - 1e-9)
+    assert not is_stalled(fobs(weight_decay=None, **base), peak=0.9, dp=0.001, th=TH, dval=0.0)  # unknown
+    assert not is_stalled(fobs(weight_decay=True, **base), peak=0.9, dp=0.001, th=TH, dval=0.0)
+    assert not is_stalled(fobs(weight_decay=False, **base), peak=0.9, dp=0.005, th=TH, dval=0.0)  # purity moves
+    assert not is_stalled(fobs(weight_decay=False, **base), peak=0.9, dp=0.001, th=TH, dval=FLAT23)  # test acc moves
+    assert not is_stalled(fobs(weight_decay=False, **{**base, "train_acc": 0.9}), peak=0.9, dp=0.0, th=TH, dval=0.0)
+    assert is_stalled(fobs(weight_decay=False, **{**base, "val_acc": None}), peak=0.9, dp=0.0, th=TH, dval=None)
+
+
+def test_feature_signals_resume_on_purity_or_a_test_accuracy_jump():
+    assert resumes(fobs(a_G=0.85), peak=0.9, dp=0.005, th=TH, dval=0.0)
+    assert resumes(fobs(a_G=0.85), peak=0.9, dp=0.0, th=TH, dval=5 * FLAT23 + 1e-9)
+    assert not resumes(fobs(a_G=0.85), peak=0.9, dp=0.0, th=TH, dval=5 * FLAT23 - 1e-6)  # a test sample or two
+
+
+def test_next_stage_keeps_a_test_accuracy_window():
+    m = Memory()
+    for e in range(0, 60, 5):
+        _, m = next_stage(Stage.LAZY, fobs(epoch=e, val_acc=0.01 * e), m, TH)
+    assert m.val_history[0][0] >= 55 - 2 * TH.window_epochs and m.val_history[-1] == (55, pytest.approx(0.55))
+    assert m.delta_val_acc == pytest.approx(0.55 - 0.35)
+    _, m2 = next_stage(Stage.LAZY, fobs(epoch=60, val_acc=None), m, TH)  # no validation this epoch
+    assert m2.val_history == m.val_history and m2.delta_val_acc == m.delta_val_acc
