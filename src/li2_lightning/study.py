@@ -156,6 +156,10 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, retry) -> optuna.
         @sqlalchemy.event.listens_for(engine, "connect")
         def _no_implicit_transactions(dbapi_connection, record):
             dbapi_connection.isolation_level = None
+            # WAL with synchronous=NORMAL: a commit is durable across a killed process (not a power cut)
+            # without an fsync per transaction, which cost ~10 ms each here
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
         @sqlalchemy.event.listens_for(engine, "begin")
         def _begin_immediate(connection):
