@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -61,6 +61,8 @@ class MemberSettings:
         weight_decay: the optimizer's weight decay (under Muon: W's decoupled decay and V's Adam's).
         muon_lr: Muon's step on W (``Muon``'s ``lr``; default ``lr``); only with Muon.
         V_init_scale: multiplier on V's initial values (0: zero-init V).
+        max_epochs: the member's own budget of full-batch steps (default: the population's, see
+            :meth:`PopulationModule.configure_members`, else the Trainer's max_epochs).
     """
 
     seed: int = 0
@@ -72,6 +74,7 @@ class MemberSettings:
     weight_decay: float = 2e-4
     muon_lr: Optional[float] = None
     V_init_scale: float = 1.0
+    max_epochs: Optional[int] = None
 
 
 def make_members(seeds: Sequence[int], **per_member: Any) -> list[MemberSettings]:
@@ -169,6 +172,13 @@ class PopulationOptimizer(torch.optim.Optimizer):
         lr, weight_decay: (S,) tensors (Adam's, AdamW's, SGD's; Muon's Adam side).
         muon_lr: (S,) Muon steps on W (default ``lr``).
 
+    Attributes:
+        active: None (every member steps), or an (S,) bool CPU tensor: members where it is False
+            are frozen, parameters and state (``functional.updates``' ``active``).
+        member_step: None (one step count for all, as torch's), or an (S,) float64 tensor of each
+            member's Adam step count, advanced for active members at each step; a member that
+            takes a slot late has its entry reset to 0 (:meth:`reset_member`).
+
     Raises:
         ValueError: on a negative lr, muon_lr or weight decay.
     """
@@ -180,7 +190,38 @@ class PopulationOptimizer(torch.optim.Optimizer):
             if bool((v < 0).any()):
                 raise ValueError(f"{name}={v.tolist()} is not accepted; accepted: values >= 0")
         self.spec = spec
+        self.active: Optional[torch.Tensor] = None
+        self.member_step: Optional[torch.Tensor] = None
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, muon_lr=muon_lr, use_muon=False))
+
+    def reset_member(self, s: int, lr: float, weight_decay: float, muon_lr: float) -> None:
+        """Slot s starts a new member: its state slices zeroed (a fresh optimizer's), its step count 0,
+        its own lr and weight decay."""
+        for group in self.param_groups:
+            for key, v in (("lr", lr), ("weight_decay", weight_decay), ("muon_lr", muon_lr)):
+                group[key][s] = v
+            for p in group["params"]:
+                for t in self.state[p].values():
+                    if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == p.shape[0]:
+                        t[s].zero_()
+        if self.member_step is not None:
+            self.member_step[s] = 0
+
+    def keep_members(self, keep: torch.Tensor) -> None:
+        """Keep only the members ``keep`` (CPU long indices), in that order (the stacked
+        parameters must be cut alike by the caller)."""
+        for group in self.param_groups:
+            for key in ("lr", "weight_decay", "muon_lr"):
+                group[key] = group[key][keep]
+            for p in group["params"]:
+                state = self.state[p]
+                for k, t in list(state.items()):
+                    if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == p.shape[0]:
+                        state[k] = t.index_select(0, keep.to(t.device))
+        if self.active is not None:
+            self.active = self.active[keep]
+        if self.member_step is not None:
+            self.member_step = self.member_step[keep]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -190,6 +231,10 @@ class PopulationOptimizer(torch.optim.Optimizer):
                 loss = closure()
         spec = self.spec
         preset = spec.muon_preset()
+        active, step = self.active, None
+        if self.member_step is not None:
+            self.member_step += 1.0 if active is None else active.double()
+            step = self.member_step
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
@@ -201,14 +246,14 @@ class PopulationOptimizer(torch.optim.Optimizer):
                     p, grad = torch.view_as_real(p), torch.view_as_real(grad)
                 if spec.name == "muon" and group["use_muon"]:
                     updates.muon_(p, grad, state, lr=group["muon_lr"], weight_decay=wd, preset=preset,
-                                  ns_steps=spec.ns_steps)
+                                  ns_steps=spec.ns_steps, active=active)
                 elif spec.name == "sgd":
                     updates.sgd_(p, grad, state, lr=lr, weight_decay=wd, momentum=spec.momentum or 0.0,
-                                 nesterov=bool(spec.nesterov))
+                                 nesterov=bool(spec.nesterov), active=active)
                 else:
                     decoupled = spec.name == "adamw" or (spec.name == "muon" and preset.adam_decoupled)
                     updates.adam_(p, grad, state, lr=lr, weight_decay=wd, betas=spec.betas, eps=spec.eps,
-                                  decoupled=decoupled)
+                                  decoupled=decoupled, active=active, step=step)
         return loss
 
 
@@ -248,6 +293,8 @@ class PopulationModule(pl.LightningModule):
             resolution set 5-20. Unmeasured entries of :meth:`history` are NaN.
         log_every_n_epochs: epochs between logging the population means (0: never).
         analyze: compute per-member energy and irrep coverage in :meth:`results`.
+        policy, source, sink, tokens, member_max_epochs: per-member stages, stopping and refill
+            (:meth:`configure_members`); all None: every member trains the Trainer's max_epochs.
 
     Raises:
         ValueError: on no members, ``muon_lr`` without Muon, Muon with complex weights, or any
@@ -274,6 +321,11 @@ class PopulationModule(pl.LightningModule):
         eval_every: int = 1,
         log_every_n_epochs: int = 0,
         analyze: bool = True,
+        policy: Optional[Any] = None,
+        source: Optional[Callable[[], Optional[tuple[MemberSettings, Any]]]] = None,
+        sink: Optional[Callable[[dict, Any], None]] = None,
+        tokens: Optional[Sequence[Any]] = None,
+        member_max_epochs: Optional[int] = None,
     ) -> None:
         super().__init__()
         members = [m if isinstance(m, MemberSettings) else MemberSettings(**m) for m in members]
@@ -326,6 +378,7 @@ class PopulationModule(pl.LightningModule):
             [torch.nn.Parameter(torch.stack([net.U[l].detach() for net in nets])) for l in range(hidden_layers - 1)])
 
         tr, te = zip(*(split_pairs(M, self.n_trains[s], self.split_seeds[s]) for s in range(S)))
+        self._row_lists = {"tr": list(tr), "te": list(te)}
         self._register_rows("tr", tr)
         self._register_rows("te", te)
         # metrics at θ_0..θ_T, (T+1, S, 4), preallocated on the device at fit start: appending a
@@ -334,12 +387,248 @@ class PopulationModule(pl.LightningModule):
         self._steps = 0  # rows of _hist filled by training steps
         self._final: Optional[torch.Tensor] = None
         self._stopped_early = False
+        self._dynamic = False
+        if any(v is not None for v in (policy, source, sink, tokens, member_max_epochs)) or any(
+                m.max_epochs is not None for m in members):
+            self.configure_members(policy, source, sink, tokens, member_max_epochs)
+
+    # ---------------------------------------------------------------- members with their own lives
+
+    def configure_members(self, policy: Optional[Any] = None,
+                          source: Optional[Callable[[], Optional[tuple[MemberSettings, Any]]]] = None,
+                          sink: Optional[Callable[[dict, Any], None]] = None, tokens: Optional[Sequence[Any]] = None,
+                          max_epochs: Optional[int] = None, compact: bool = True) -> None:
+        """Give every member its own life: stages, a stop, and a successor in its slot (before fit).
+
+        Args:
+            policy: a :class:`~li2_lightning.population_policy.StopPolicy` (or its dict, or a mode
+                string): every ``check_every`` epochs of its own count each member's observables
+                are computed in one batched pass and the stage rule (docs/theory.md §7) advanced;
+                members stop when the policy says so. None: no stages; members stop at their budget.
+            source: called when a member stops; returns the next ``(MemberSettings, token)`` for
+                the freed slot (same group, width, optimizer and model as the population), or None
+                when nothing is pending. A newcomer starts exactly as a ``Li2Module`` under
+                ``seed_everything(seed)`` would: fresh init, its own split, optimizer state and
+                step count, lr and weight decay, and its own budget.
+            sink: called as ``sink(row, token)`` as soon as a member finishes (its
+                :meth:`results` row, with its per-epoch ``curves``).
+            tokens: one token per initial member (default: its index).
+            max_epochs: a member's budget when its settings give none (default: the Trainer's).
+            compact: drop frozen slots from the batch once nothing is pending (False keeps them,
+                frozen, e.g. to inspect them).
+
+        Once no member is active and nothing is pending, training stops. A slot whose member
+        stopped while the source is empty is frozen (parameters and optimizer state unchanged)
+        and dropped from the batch at the next epoch.
+        """
+        from li2_lightning.population_policy import StopPolicy
+
+        if self.hparams.complex_weights and policy is not None:
+            raise ValueError("policy with complex_weights=True: the stage observables (a_G, purity) are defined for "
+                             "real weights; accepted: policy=None (budget stops and refill only)")
+        if tokens is not None and len(tokens) != self.S:
+            raise ValueError(f"tokens has {len(tokens)} entries but there are {self.S} members; give one per member")
+        self._dynamic = True
+        self._compact_frozen = compact
+        self.policy = None if policy is None else StopPolicy.from_dict(policy)
+        self.source, self.sink = source, sink
+        self._default_budget = max_epochs
+        self._tokens = list(range(self.S)) if tokens is None else list(tokens)
+        self._serial = list(range(self.S))  # arrival order of the member in each slot
+        self._arrived = self.S
+        self._start = [0] * self.S  # row of _hist holding the slot's member's θ_0
+        self._tracks = [self._new_track() for _ in range(self.S)]
+        self._active = torch.ones(self.S, dtype=torch.bool)
+        self._pending: dict[int, dict] = {}  # slot -> observables at θ_t, waiting for test acc at θ_{t+1}
+        self._records: list[dict] = []
+        self._member_epochs = 0  # sum over steps of the active members: the compute spent
+
+    def _new_track(self):
+        from li2_lightning.population_policy import MemberTrack
+
+        return MemberTrack() if self.policy is not None else None
+
+    def _budget(self, s: int) -> int:
+        m = self.members[s]
+        if m.max_epochs is not None:
+            return int(m.max_epochs)
+        if self._default_budget is not None:
+            return int(self._default_budget)
+        return int(self.trainer.max_epochs) if self._trainer is not None and self.trainer.max_epochs else 1 << 62
+
+    def _due(self, s: int, age: int) -> bool:
+        c = self.policy.check_every
+        return age % c == 0 or age == self._budget(s) - 1
+
+    def _due_slots(self) -> list[int]:
+        return [s for s in range(self.S) if bool(self._active[s]) and self._due(s, self._steps - self._start[s])]
+
+    def _basis(self):
+        if getattr(self, "_basis_cache", None) is None:
+            from li2_lightning.analysis.irreps import fourier_blocks, is_cyclic_table, real_blocks
+
+            table = self.grp.table
+            self._basis_cache = fourier_blocks(self.M) if is_cyclic_table(table) else real_blocks(table)
+        return self._basis_cache
+
+    def _observe_pre_step(self, due: list[int], F: torch.Tensor, tr_acc: torch.Tensor) -> None:
+        """Observables at θ_t of the members due (one batched pass); the rule waits for test acc at θ_{t+1}."""
+        from li2_lightning.population_policy import member_observables
+
+        idx = torch.tensor(due, device=self.W.device)
+        pol, hp = self.policy, self.hparams
+        obs = member_observables(self.W.detach().index_select(0, idx), self.V.detach().index_select(0, idx),
+                                 F.index_select(0, idx), self.tr_y.index_select(0, idx),
+                                 self.tr_mask.index_select(0, idx), self.M, self._basis(), hp.loss,
+                                 hp.output_scale, pol.purity_threshold, pol.independence_nodes)
+        cols = {k: v.double().cpu().tolist() for k, v in {**obs, "train_acc": tr_acc.index_select(0, idx)}.items()}
+        for j, s in enumerate(due):
+            self._pending[s] = {"epoch": self._steps - self._start[s], **{k: v[j] for k, v in cols.items()}}
+
+    def _slot_logits(self, prefix: str, idx: torch.Tensor) -> torch.Tensor:
+        hp = self.hparams
+        return fm.forward(self.W.index_select(0, idx), self.V.index_select(0, idx),
+                          getattr(self, f"{prefix}_x").index_select(0, idx), hp.activation, hp.output_scale,
+                          U=[u.index_select(0, idx) for u in self.U], residual=hp.residual)
+
+    @torch.no_grad()
+    def _measure_slots(self, slots: list[int]) -> torch.Tensor:
+        """(len(slots), 4) train loss, train acc, test loss, test acc of those members now, CPU."""
+        idx = torch.tensor(slots, device=self.W.device)
+        tr = self._member_metrics(self._slot_logits("tr", idx), "tr", idx)
+        te = self._member_metrics(self._slot_logits("te", idx), "te", idx)
+        return torch.stack([*tr, *te], 1).float().cpu()
+
+    @torch.no_grad()
+    def _members_epoch_end(self) -> None:
+        """After the step: finish the rule's pending checks, stop members, refill or freeze their slots."""
+        from li2_lightning.stages import Observation
+
+        stops: dict[int, str] = {}
+        if self._pending:
+            slots = sorted(self._pending)
+            idx = torch.tensor(slots, device=self.W.device)
+            _, te_acc = self._member_metrics(self._slot_logits("te", idx), "te", idx)  # at θ_{t+1}
+            for s, va in zip(slots, te_acc.double().cpu().tolist()):
+                p = self._pending.pop(s)
+                obs = Observation(epoch=p["epoch"], a_G=p["a_G"], independence=p["independence"], purity=p["purity"],
+                                  coverage=p["coverage"], train_acc=p["train_acc"],
+                                  val_acc=None if math.isnan(va) else va, M=float(self.M),
+                                  a_G_signal=self.hparams.loss == "mse",
+                                  weight_decay=self.members[s].weight_decay > 0)
+                reason = self._tracks[s].observe(obs, self.policy)
+                if reason is not None:
+                    stops[s] = reason
+        for s in range(self.S):
+            if bool(self._active[s]) and s not in stops and self._steps - self._start[s] >= self._budget(s):
+                stops[s] = "budget"
+        if stops:
+            slots = sorted(stops)
+            self._finish(slots, stops)
+            for s in slots:
+                self._refill(s)
+        if not bool(self._active.any()):
+            self.trainer.should_stop = True
+        elif self._compact_frozen and getattr(self, "_source_empty", False) and not bool(self._active.all()):
+            self._compact()
+
+    @torch.no_grad()
+    def _finish(self, slots: list[int], reasons: dict[int, str]) -> None:
+        """Record the members in ``slots`` (metrics at their stop), report each to the sink, freeze the slots."""
+        if not slots:
+            return
+        final = self._measure_slots(slots)
+        extra = self._analysis(slots) if self.hparams.analyze else [{} for _ in slots]
+        for j, s in enumerate(slots):
+            h = torch.cat([self._hist[self._start[s]: self._steps, s].float().cpu(), final[j: j + 1]])
+            row = self._row(s, h, extra[j])
+            T = h.shape[0] - 1
+            row.update(stop_reason=reasons[s], stop_epoch=T, budget_epochs=self._budget(s),
+                       member_index=self._serial[s])
+            if self._tracks[s] is not None:
+                row.update(self._tracks[s].fields())
+                row["stage_transitions"] = [list(t) for t in self._tracks[s].transitions]
+            row["curves"] = {k: [None if math.isnan(x) else x for x in v.tolist()]
+                             for k, v in (("train/loss", h[:T, 0]), ("train/acc", h[:T, 1]),
+                                          ("val/loss", h[1:, 2]), ("val/acc", h[1:, 3]))}
+            self._records.append({"row": row, "token": self._tokens[s], "history": h, "serial": self._serial[s]})
+            self._active[s] = False
+            self._pending.pop(s, None)
+            if self.sink is not None:
+                self.sink(row, self._tokens[s])
+
+    @torch.no_grad()
+    def _refill(self, s: int) -> bool:
+        """Slot s takes the source's next member (False when none is pending)."""
+        nxt = None if self.source is None or getattr(self, "_source_empty", False) else self.source()
+        if nxt is None:
+            self._source_empty = True
+            return False
+        m, token = nxt
+        m = m if isinstance(m, MemberSettings) else MemberSettings(**m)
+        if self.spec.name != "muon" and m.muon_lr is not None:
+            raise ValueError(f"muon_lr is set but optimizer={self.spec.name!r}; it applies to 'muon' only")
+        if min(m.lr, m.weight_decay, m.lr if m.muon_lr is None else m.muon_lr) < 0:
+            raise ValueError(f"member {m} has a negative lr, muon_lr or weight_decay; accepted: values >= 0")
+        hp = self.hparams
+        self.members[s], self._tokens[s], self._serial[s] = m, token, self._arrived
+        self._arrived += 1
+        self.split_seeds[s] = m.seed if m.split_seed is None else int(m.split_seed)
+        self.n_trains[s] = resolve_n_train(self.M, m.train_fraction, m.n_train, m.p_star_multiplier, hp.p_star_c)
+        with torch.random.fork_rng(devices=[]):  # exactly Li2Module's init under seed_everything(seed)
+            torch.manual_seed(m.seed)
+            net = TwoLayerNet(self.M, self.K, hp.activation, m.V_init_scale, hp.output_scale, hp.hidden_layers,
+                              hp.residual, hp.complex_weights, hp.top_layer, hp.ridge_lambda)
+        self.W[s].copy_(net.W)
+        self.V[s].copy_(net.V)
+        for l, u in enumerate(self.U):
+            u[s].copy_(net.U[l])
+        tr, te = split_pairs(self.M, self.n_trains[s], self.split_seeds[s])
+        self._row_lists["tr"][s], self._row_lists["te"][s] = tr, te
+        self._register_rows("tr", self._row_lists["tr"])
+        self._register_rows("te", self._row_lists["te"])
+        self.trainer.optimizers[0].reset_member(s, m.lr, m.weight_decay, m.lr if m.muon_lr is None else m.muon_lr)
+        self._start[s] = self._steps
+        self._tracks[s] = self._new_track()
+        self._active[s] = True
+        return True
+
+    @torch.no_grad()
+    def _compact(self) -> None:
+        """Drop the frozen slots from the batch (nothing is pending for them any more)."""
+        keep = self._active.nonzero().flatten()
+        kd = keep.to(self.W.device)
+        opt = self.trainer.optimizers[0]
+        opt.keep_members(keep)  # first: it tells member-stacked state by the parameters' leading dim
+        for p in (self.W, self.V, *self.U):
+            p.data = p.data.index_select(0, kd)
+            p.grad = None
+        ks = keep.tolist()
+        for name in ("members", "split_seeds", "n_trains", "_tokens", "_serial", "_start", "_tracks"):
+            setattr(self, name, [getattr(self, name)[i] for i in ks])
+        for prefix in ("tr", "te"):
+            self._row_lists[prefix] = [self._row_lists[prefix][i] for i in ks]
+            self._register_rows(prefix, self._row_lists[prefix])
+        self._hist = self._hist.index_select(1, kd)
+        self.S = len(ks)
+        self._active = torch.ones(self.S, dtype=torch.bool)
+        opt.active = self._active
+
+    @property
+    def member_epochs(self) -> int:
+        """Steps taken by active members so far (with a policy: the compute the sweep spent)."""
+        return self._member_epochs if self._dynamic else self._steps * self.S
+
+    def member_histories(self) -> list[torch.Tensor]:
+        """Each finished member's (T+1, 4) metrics at θ_0..θ_T, in arrival order (with
+        :meth:`configure_members`)."""
+        return [r["history"] for r in sorted(self._records, key=lambda r: r["serial"])]
 
     # ---------------------------------------------------------------- data
 
     def _register_rows(self, prefix: str, rows: Sequence[torch.Tensor]) -> None:
         """Per-member index pairs (S, width, 2), padded to the largest member, with a 0/1 mask."""
-        M, S = self.M, self.S
+        M, S = self.M, len(rows)
         width = max(1, max(len(r) for r in rows))
         idx = torch.zeros(S, width, dtype=torch.long)
         mask = torch.zeros(S, width)
@@ -348,9 +637,11 @@ class PopulationModule(pl.LightningModule):
             mask[s, : len(r)] = 1.0
         h1, h2 = idx // M, idx % M
         x = torch.stack([h1, h2], -1)
+        if hasattr(self, "W"):  # rows rebuilt during fit (refill): on the parameters' device
+            h1, h2, x, mask = (t.to(self.W.device) for t in (h1, h2, x, mask))
         self.register_buffer(f"{prefix}_x", x, persistent=False)  # (S, width, 2)
         self.register_buffer(f"{prefix}_rows", fm.member_rows(x, M), persistent=False)  # (S·width, 2)
-        y = self.grp.table[h1, h2]
+        y = self.grp.table.to(h1.device)[h1, h2]
         self.register_buffer(f"{prefix}_y", y, persistent=False)  # (S, width)
         self.register_buffer(f"{prefix}_Y", torch.nn.functional.one_hot(y, M).float(), persistent=False)
         self.register_buffer(f"{prefix}_mask", mask, persistent=False)
@@ -380,9 +671,12 @@ class PopulationModule(pl.LightningModule):
             self.V[s].copy_(ridge_readout(F[s, :n], self.tr_y[s, :n], self.M, hp.ridge_lambda,
                                           hp.output_scale).to(self.V.dtype))
 
-    def _member_metrics(self, out: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member mean loss (S,) and accuracy (S,) over the member's real rows."""
+    def _member_metrics(self, out: torch.Tensor, prefix: str,
+                        idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member mean loss (S,) and accuracy (S,) over the member's real rows (of members ``idx``)."""
         y, Y, mask, n = (getattr(self, f"{prefix}_{k}") for k in ("y", "Y", "mask", "n"))
+        if idx is not None:
+            y, Y, mask, n = (t.index_select(0, idx) for t in (y, Y, mask, n))
         rows = fm.loss_rows(self.hparams.loss, out, y, Y)  # (S, rows)
         n_safe = n.clamp(min=1)
         loss = (rows * mask).sum(-1) / n_safe
@@ -400,12 +694,23 @@ class PopulationModule(pl.LightningModule):
             te_loss = te_acc = torch.full((self.S,), float("nan"), device=self.W.device)
         if self.hparams.top_layer == "ridge":
             self.fit_top_layer_()
-        tr_loss, tr_acc = self._member_metrics(self.logits("tr"), "tr")
+        due = self._due_slots() if self._dynamic and self.policy is not None else []
+        if due:  # the observables need F at θ_t: the same forward, split at F
+            hp = self.hparams
+            F = fm.hidden(self.W, self.tr_x, hp.activation, list(self.U), hp.residual, rows=self.tr_rows)
+            out = fm.readout(F, self.V, hp.output_scale)
+        else:
+            out = self.logits("tr")
+        tr_loss, tr_acc = self._member_metrics(out, "tr")
+        if due:
+            self._observe_pre_step(due, F.detach(), tr_acc)
         row = torch.stack([tr_loss.detach(), tr_acc, te_loss, te_acc], 1)  # (S, 4) at θ_t
         if self._hist is None or self._steps >= self._hist.shape[0]:
             self._grow_history()
         self._hist[self._steps].copy_(row)
         self._steps += 1
+        if self._dynamic:
+            self._member_epochs += int(self._active.sum())
         return tr_loss.sum()  # member s's gradient is that of its own loss
 
     @torch.no_grad()
@@ -416,6 +721,8 @@ class PopulationModule(pl.LightningModule):
         return torch.stack([*tr, *te], 1)
 
     def on_train_epoch_end(self) -> None:
+        if self._dynamic:
+            self._members_epoch_end()
         epoch = self.current_epoch
         every = self.hparams.log_every_n_epochs
         if every and (epoch + 1) % every == 0 and self._steps >= 1:
@@ -430,10 +737,16 @@ class PopulationModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._grow_history()
+        if self._dynamic:
+            opt = self.trainer.optimizers[0]
+            opt.active = self._active
+            opt.member_step = torch.zeros(self.S, dtype=torch.float64)
 
     def _grow_history(self) -> None:
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
         rows = max(self._steps + 1, max_epochs if max_epochs and max_epochs > 0 else 1024)
+        if self._dynamic and self._hist is None:  # a population with refill: the Trainer's bound is loose
+            rows = min(rows, 1024)
         if self._hist is not None and rows <= self._hist.shape[0]:
             return
         if self._hist is not None:
@@ -445,6 +758,10 @@ class PopulationModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._final = self.measure()
+        if self._dynamic:
+            live = [s for s in range(self.S) if bool(self._active[s])]
+            self._finish(live, {s: "budget" if self._steps - self._start[s] >= self._budget(s) else "truncated"
+                                for s in live})
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         def column(name: str, default: Optional[str] = None) -> torch.Tensor:
@@ -476,41 +793,55 @@ class PopulationModule(pl.LightningModule):
 
     def results(self) -> list[dict]:
         """One dict per member: its settings, steps to train acc 1 and test acc 0.5 / 0.99 (None
-        if never), final accuracies and losses, and energy / coverage when ``analyze``."""
+        if never), final accuracies and losses, and energy / coverage when ``analyze``.
+
+        With :meth:`configure_members`, one row per member that has finished, in arrival order,
+        each describing the member up to its stop: ``epochs`` and ``stop_epoch`` are the steps it
+        took, ``final_*`` its metrics at the stop, ``epochs_to_*`` None when not reached before
+        the stop (a stopped member's full-budget values are unknown, never filled in);
+        ``stop_reason`` is ``done`` or ``stalled`` (the policy), ``budget`` (its own max_epochs) or
+        ``truncated`` (the Trainer ended first); ``stage_<stage>_epoch`` the first epoch of each
+        stage (None if never), ``stage_final`` and ``curves`` as ``lightning_metrics``.
+        """
+        if self._dynamic:
+            return [r["row"] for r in sorted(self._records, key=lambda r: r["serial"])]
         h = self.history()
         T = h.shape[0] - 1
+        extra = self._analysis() if self.hparams.analyze and T >= 0 else [{}] * self.S
+        return [self._row(s, h[:, s], extra[s]) for s in range(self.S)]
+
+    def _row(self, s: int, h: torch.Tensor, extra: dict) -> dict:
+        """The results row of the member in slot s with metrics h (T+1, 4) at θ_0..θ_T."""
+        T = h.shape[0] - 1
         hp = self.hparams
-        extra = self._analysis() if hp.analyze and T >= 0 else [{}] * self.S
-        out = []
-        for s, m in enumerate(self.members):
-            row = {"group": self.grp.name, "M": self.M, "K": self.K, "seed": m.seed,
-                   "split_seed": self.split_seeds[s], "n_train": self.n_trains[s],
-                   "train_fraction": self.n_trains[s] / self.M**2, "lr": m.lr,
-                   "weight_decay": m.weight_decay, "V_init_scale": m.V_init_scale,
-                   "optimizer": self.spec.name, "activation": hp.activation, "loss": hp.loss,
-                   "hidden_layers": hp.hidden_layers, "residual": hp.residual,
-                   "complex_weights": hp.complex_weights, "top_layer": hp.top_layer,
-                   **({"ridge_lambda": hp.ridge_lambda} if hp.top_layer == "ridge" else {}),
-                   "epochs": T, "stopped_early": self._stopped_early}
-            if self.spec.name == "muon":
-                row["muon_lr"] = m.lr if m.muon_lr is None else m.muon_lr
-                row["preset"] = self.spec.preset
-            for metric, thr in THRESHOLDS:
-                col = _METRICS.index(metric)
-                hit = (h[:, s, col] >= thr - 1e-6).nonzero()
-                row[f"epochs_to_{metric}_{thr:g}"] = int(hit[0, 0]) if len(hit) else None
-            for col, metric in enumerate(_METRICS):
-                v = float(h[-1, s, col]) if T >= 0 else float("nan")
-                row[f"final_{metric}"] = None if math.isnan(v) else v
-                row[f"best_{metric}"] = (None if T < 0 or "loss" in metric or math.isnan(v)
-                                         else float(h[:, s, col].nan_to_num(nan=-1.0).max()))
-            row.pop("best_train_loss"), row.pop("best_test_loss")
-            row.update(extra[s])
-            out.append(row)
-        return out
+        m = self.members[s]
+        row = {"group": self.grp.name, "M": self.M, "K": self.K, "seed": m.seed,
+               "split_seed": self.split_seeds[s], "n_train": self.n_trains[s],
+               "train_fraction": self.n_trains[s] / self.M**2, "lr": m.lr,
+               "weight_decay": m.weight_decay, "V_init_scale": m.V_init_scale,
+               "optimizer": self.spec.name, "activation": hp.activation, "loss": hp.loss,
+               "hidden_layers": hp.hidden_layers, "residual": hp.residual,
+               "complex_weights": hp.complex_weights, "top_layer": hp.top_layer,
+               **({"ridge_lambda": hp.ridge_lambda} if hp.top_layer == "ridge" else {}),
+               "epochs": T, "stopped_early": self._stopped_early}
+        if self.spec.name == "muon":
+            row["muon_lr"] = m.lr if m.muon_lr is None else m.muon_lr
+            row["preset"] = self.spec.preset
+        for metric, thr in THRESHOLDS:
+            col = _METRICS.index(metric)
+            hit = (h[:, col] >= thr - 1e-6).nonzero()
+            row[f"epochs_to_{metric}_{thr:g}"] = int(hit[0, 0]) if len(hit) else None
+        for col, metric in enumerate(_METRICS):
+            v = float(h[-1, col]) if T >= 0 else float("nan")
+            row[f"final_{metric}"] = None if math.isnan(v) else v
+            row[f"best_{metric}"] = (None if T < 0 or "loss" in metric or math.isnan(v)
+                                     else float(h[:, col].nan_to_num(nan=-1.0).max()))
+        row.pop("best_train_loss"), row.pop("best_test_loss")
+        row.update(extra)
+        return row
 
     @torch.no_grad()
-    def _analysis(self) -> list[dict]:
+    def _analysis(self, slots: Optional[Sequence[int]] = None) -> list[dict]:
         """Per-member mean normalized energy (train rows) and irrep coverage of the first layer W;
         {} where unavailable. With complex weights the coverage is that of [Re W, Im W] (2K nodes)
         and the energy, defined for a real σ(Xw), is left out (docs/theory.md §10)."""
@@ -518,11 +849,11 @@ class PopulationModule(pl.LightningModule):
             from li2_lightning.analysis.energy import normalized_energy
             from li2_lightning.analysis.irreps import fourier_blocks, is_cyclic_table, real_blocks
         except ImportError:  # analysis helpers not installed: results simply lack these columns
-            return [{} for _ in range(self.S)]
+            return [{} for _ in (range(self.S) if slots is None else slots)]
         table = self.grp.table
         basis = fourier_blocks(self.M) if is_cyclic_table(table) else real_blocks(table)
         rows = []
-        for s in range(self.S):
+        for s in (range(self.S) if slots is None else slots):
             W = self.W[s].detach().cpu()
             if W.is_complex():
                 rows.append(coverage(torch.cat([W.real, W.imag], dim=1), basis))

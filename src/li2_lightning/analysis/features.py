@@ -1,4 +1,4 @@
-"""Per-node feature measures in the irrep basis: power, purity, matching, coverage (SPEC §6.5).
+"""Per-node feature measures in the irrep basis: power, purity, matching, coverage (docs/theory.md §6.5).
 
 Every function takes the first-layer weights W of shape (2M, K): column j is hidden node j, rows
 0..M-1 act on the operand h1 (the half called ``a`` below), rows M..2M-1 on h2 (``b``). All
@@ -7,6 +7,10 @@ analysis runs in float64 (complex128 for group Fourier coefficients) on W's devi
 Mean removal. Adding a constant to either operand half of a node leaves the energy
 E(w) = ½‖Ỹᵀσ(Xw)‖² unchanged for σ = x² (the constant only shifts every class's output alike,
 and centring removes it), so each half's mean — its trivial-irrep component — is removed first.
+
+Member dim. :func:`irrep_power`, :func:`purity`, :func:`dominant_irrep`, :func:`covered_blocks`
+and :func:`coverage` also take a leading member dim (W (S, 2M, K), power (S, K, 2, B)) and
+return one result per member, so a population's observables cost one batched projection.
 
 What the energy maxima look like (checked by brute force in tests/test_features.py). With the full
 table and σ = x², Ỹᵀσ(Xw) = 2·(a∗b − mean), the group convolution (a∗b)(c) = Σ_h a(h) b(h⁻¹c), so
@@ -77,7 +81,8 @@ def irrep_power(W: Tensor, basis: RealIrrepBasis, dtype: torch.dtype = torch.flo
     zero up to rounding. The non-trivial entries of a node sum to ‖a − ā‖² + ‖b − b̄‖².
 
     Args:
-        W: (2M, K) first-layer weights; rows 0..M-1 act on h1, rows M..2M-1 on h2.
+        W: (2M, K) first-layer weights; rows 0..M-1 act on h1, rows M..2M-1 on h2. Or (S, 2M, K):
+            S members at once.
         basis: The :class:`RealIrrepBasis` of the group (:func:`~li2_lightning.analysis.irreps.
             real_blocks`), B blocks.
         dtype: precision (float64 by default). float32 is enough for purity and coverage: the
@@ -85,34 +90,38 @@ def irrep_power(W: Tensor, basis: RealIrrepBasis, dtype: torch.dtype = torch.flo
             below the 0.9 purity threshold's resolution; it halves the cost.
 
     Returns:
-        (K, 2, B) tensor in ``dtype``: [j, 0, b] for the h1 half of node j, [j, 1, b] for the h2 half.
+        (K, 2, B) tensor in ``dtype``: [j, 0, b] for the h1 half of node j, [j, 1, b] for the h2
+        half; (S, K, 2, B) with a member dim.
 
     Raises:
-        ValueError: If W is not (2M, K).
+        ValueError: If W is not (2M, K) or (S, 2M, K).
     """
-    a, b = _halves(W, basis.M, dtype)
+    a, b = _halves(W, basis.M, dtype)  # (M, K) or (S, M, K)
+    if W.dim() == 3:
+        x = torch.stack([a, b], -2).movedim(1, 0)  # (M, S, 2, K)
+        return block_power(x, basis, dtype).permute(1, 3, 2, 0)  # (S, K, 2, B)
     power = block_power(torch.stack([a, b], 1), basis, dtype)  # (B, 2, K): one projection for both halves
     return power.permute(2, 1, 0)
 
 
 def purity(power: Tensor) -> Tensor:
-    """Share of each node's non-trivial power held by its dominant block (SPEC §6.5).
+    """Share of each node's non-trivial power held by its dominant block (docs/theory.md §6.5).
 
     Both operand halves are pooled: purity_j = max_b p_jb / Σ_b p_jb over blocks b ≠ 0 with
     p_jb = power[j, 0, b] + power[j, 1, b]. A node in a single block has purity 1; a random one
     about (largest block size) / (M − 1) or more. A node without non-trivial power gets 0.
 
     Args:
-        power: (K, 2, B) from :func:`irrep_power`.
+        power: (K, 2, B) from :func:`irrep_power` (or (S, K, 2, B)).
 
     Returns:
-        (K,) float64 tensor in [0, 1].
+        (K,) float64 tensor in [0, 1] (or (S, K)).
     """
     pooled = _pooled(power)
-    if pooled.shape[1] == 0:
-        return torch.zeros(pooled.shape[0], dtype=torch.float64, device=power.device)
-    total = pooled.sum(1)
-    top = pooled.max(1).values
+    if pooled.shape[-1] == 0:
+        return torch.zeros(pooled.shape[:-1], dtype=torch.float64, device=power.device)
+    total = pooled.sum(-1)
+    top = pooled.max(-1).values
     return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
@@ -120,16 +129,16 @@ def dominant_irrep(power: Tensor) -> Tensor:
     """Index (into the basis blocks, so >= 1) of each node's dominant non-trivial block.
 
     Args:
-        power: (K, 2, B) from :func:`irrep_power`.
+        power: (K, 2, B) from :func:`irrep_power` (or (S, K, 2, B)).
 
     Returns:
-        (K,) int64 tensor; -1 for a node without non-trivial power.
+        (K,) int64 tensor (or (S, K)); -1 for a node without non-trivial power.
     """
     pooled = _pooled(power)
-    if pooled.shape[1] == 0:
-        return torch.full((pooled.shape[0],), -1, dtype=torch.long, device=power.device)
-    dom = pooled.argmax(1) + 1
-    return torch.where(pooled.sum(1) > 0, dom, -1)
+    if pooled.shape[-1] == 0:
+        return torch.full(pooled.shape[:-1], -1, dtype=torch.long, device=power.device)
+    dom = pooled.argmax(-1) + 1
+    return torch.where(pooled.sum(-1) > 0, dom, -1)
 
 
 def covered_blocks(power: Tensor, purity_threshold: float = 0.9) -> Tensor:
@@ -139,11 +148,11 @@ def covered_blocks(power: Tensor, purity_threshold: float = 0.9) -> Tensor:
     The trivial block 0 is never covered (mean removal leaves it empty).
 
     Args:
-        power: (K, 2, B) from :func:`irrep_power`.
+        power: (K, 2, B) from :func:`irrep_power` (or (S, K, 2, B)).
         purity_threshold: Purity from which a node counts as pure, in (0, 1].
 
     Returns:
-        (B,) bool tensor.
+        (B,) bool tensor (or (S, B)).
 
     Raises:
         ValueError: If ``purity_threshold`` is outside (0, 1].
@@ -153,6 +162,10 @@ def covered_blocks(power: Tensor, purity_threshold: float = 0.9) -> Tensor:
                          "a typical value is 0.9")
     B = power.shape[-1]
     pure = purity(power) >= purity_threshold  # never true for a node without power
+    if power.dim() == 4:  # members: block b of member s is covered if any pure node's dominant block is b
+        dom = torch.where(pure, dominant_irrep(power), 0)  # impure nodes vote for the trivial block...
+        hits = torch.zeros(power.shape[0], B, device=power.device).scatter_add_(1, dom, pure.float())
+        return hits > 0  # ...with weight 0, so block 0 stays uncovered
     dom = dominant_irrep(power)[pure]
     covered = torch.zeros(B, dtype=torch.bool, device=power.device)
     covered[dom] = True
@@ -160,22 +173,25 @@ def covered_blocks(power: Tensor, purity_threshold: float = 0.9) -> Tensor:
 
 
 def coverage(power: Tensor, purity_threshold: float = 0.9) -> float:
-    """Share of the non-trivial blocks held by a pure node (SPEC §6.5).
+    """Share of the non-trivial blocks held by a pure node (docs/theory.md §6.5).
 
     coverage = #(covered non-trivial blocks) / (B − 1); 1.0 for a group with no non-trivial block.
 
     Args:
-        power: (K, 2, B) from :func:`irrep_power`.
+        power: (K, 2, B) from :func:`irrep_power` (or (S, K, 2, B)).
         purity_threshold: Purity from which a node counts as pure, in (0, 1].
 
     Returns:
-        A float in [0, 1].
+        A float in [0, 1] (or an (S,) float64 tensor).
 
     Raises:
         ValueError: If ``purity_threshold`` is outside (0, 1].
     """
     covered = covered_blocks(power, purity_threshold)
-    B = covered.shape[0]
+    B = covered.shape[-1]
+    if covered.dim() == 2:
+        return (torch.ones(covered.shape[0], dtype=torch.float64, device=covered.device) if B <= 1
+                else covered[:, 1:].sum(-1).double() / (B - 1))
     return 1.0 if B <= 1 else float(covered[1:].sum()) / (B - 1)
 
 
@@ -204,7 +220,7 @@ def group_fourier(x: Tensor, table: Tensor) -> list[Tensor]:
 
 
 def matching_score(W: Tensor, table: Tensor) -> Tensor:
-    """How well each node's two operand halves match as at an energy maximum (SPEC §4, §6.5).
+    """How well each node's two operand halves match as at an energy maximum (docs/theory.md §4, §6.5).
 
     With a, b the mean-removed halves of node j and â_k, b̂_k their group Fourier coefficients
     (:func:`group_fourier`),
@@ -296,17 +312,17 @@ def inverse_alignment(W: Tensor, inverse: Tensor) -> Tensor:
 
 
 def _halves(W: Tensor, M: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """Mean-removed operand halves a, b of W, each (M, K) float64."""
-    if W.dim() != 2 or W.shape[0] != 2 * M:
-        raise ValueError(f"W has shape {tuple(W.shape)}; expected (2M, K) with M={M}")
+    """Mean-removed operand halves a, b of W (2M, K), each (M, K); of W (S, 2M, K), each (S, M, K)."""
+    if W.dim() not in (2, 3) or W.shape[-2] != 2 * M:
+        raise ValueError(f"W has shape {tuple(W.shape)}; expected (2M, K) or (S, 2M, K) with M={M}")
     W = W.detach().to(dtype)
-    a, b = W[:M], W[M:]
-    return a - a.mean(0), b - b.mean(0)
+    a, b = W[..., :M, :], W[..., M:, :]
+    return a - a.mean(-2, keepdim=True), b - b.mean(-2, keepdim=True)
 
 
 def _pooled(power: Tensor) -> Tensor:
-    """(K, B-1) non-trivial power with both halves added."""
-    if power.dim() != 3 or power.shape[1] != 2:
+    """(K, B-1) non-trivial power with both halves added ((S, K, B-1) with a member dim)."""
+    if power.dim() not in (3, 4) or power.shape[-2] != 2:
         raise ValueError(f"power has shape {tuple(power.shape)}; "
-                         "expected (K, 2, B) from irrep_power")
-    return power[:, :, 1:].sum(1)
+                         "expected (K, 2, B) or (S, K, 2, B) from irrep_power")
+    return power[..., 1:].sum(-2)

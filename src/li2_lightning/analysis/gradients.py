@@ -35,9 +35,18 @@ def one_hot(y: torch.Tensor, M: int, dtype: torch.dtype = torch.float64) -> torc
     return nnf.one_hot(y, M).to(dtype)
 
 
-def centre(A: torch.Tensor) -> torch.Tensor:
-    """P⊥A: A (n, ·) with its column means removed (centring over samples)."""
-    return A - A.mean(dim=0, keepdim=True)
+def centre(A: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """P⊥A: A (n, ·) with its column means removed (centring over samples).
+
+    With a leading member dim, A (S, n, ·) and ``mask`` (S, n) 0/1 marking each member's real rows
+    (a population pads its members' rows): each member is centred over its own rows and padded
+    rows come out 0.
+    """
+    if mask is None:
+        return A - A.mean(dim=0, keepdim=True)
+    m = mask.to(A.dtype)[..., None]  # (S, n, 1)
+    mean = (A * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp_min(1)
+    return (A - mean) * m
 
 
 def loss_value(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = "mse",
@@ -72,7 +81,7 @@ def G_F_autograd(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = 
 
 
 def G_F_closed_form(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-                    output_scale: float = 1.0) -> torch.Tensor:
+                    output_scale: float = 1.0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """G_F = −∂L/∂F (n, K) in closed form, for the losses of :func:`loss_value`.
 
     With O = βFV, C = I_M − 11ᵀ/M (centring over classes) and P⊥ (centring over samples):
@@ -80,8 +89,24 @@ def G_F_closed_form(F: torch.Tensor, V: torch.Tensor, y: torch.Tensor, loss: str
     - ``"mse"``:    G_F = (2β/n) (Y − O) C Vᵀ
     - ``"ce"``:     G_F = (β/n) (Y − softmax(O)) Vᵀ
     - ``"theory"``: G_F = β P⊥(Y − O) Vᵀ, which is Eq. 2 at β = 1 (see :func:`G_F_theory`).
+
+    With a member dim, F (S, n, K), V (S, K, M), y (S, n) and ``mask`` (S, n) marking each member's
+    real rows: (S, n, K), each member's own G_F (n = its row count), 0 on padded rows.
     """
     _check_loss(loss)
+    if F.dim() == 3:
+        M = V.shape[-1]
+        m = (torch.ones(y.shape, device=F.device) if mask is None else mask).to(F.dtype)[..., None]  # (S, n, 1)
+        n = m.sum(-2, keepdim=True).clamp_min(1)  # (S, 1, 1)
+        O = output_scale * (F @ V)
+        Y = one_hot(y, M, O.dtype)
+        if loss == "mse":
+            R = Y - O
+            R = (R - R.mean(dim=-1, keepdim=True)) * m
+            return (2.0 * output_scale / n) * (R @ V.transpose(-2, -1))
+        if loss == "ce":
+            return (output_scale / n) * (((Y - torch.softmax(O, dim=-1)) * m) @ V.transpose(-2, -1))
+        return output_scale * (centre(Y - O, mask) @ V.transpose(-2, -1))
     n, M = F.shape[0], V.shape[1]
     O = output_scale * (F @ V)
     Y = one_hot(y, M, O.dtype)
@@ -232,8 +257,24 @@ def G_F_inf(F: torch.Tensor, Y: torch.Tensor, eta: float) -> torch.Tensor:
 
 
 def class_sums(A: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
-    """YᵀA (M, ·): the rows of A (n, ·) summed per class (an index_add, no one-hot matmul)."""
+    """YᵀA (M, ·): the rows of A (n, ·) summed per class (an index_add, no one-hot matmul).
+
+    With a leading member dim, A (S, n, K) and y (S, n) give (S, M, K); a label y = M marks a
+    padded row, which is left out (a population's members have different row counts).
+    """
+    if A.dim() == 3:
+        S, n, K = A.shape
+        out = torch.zeros(S, M + 1, K, dtype=A.dtype, device=A.device)
+        return out.scatter_add_(1, y[..., None].expand(S, n, K), A)[:, :M]
     return torch.zeros(M, A.shape[1], dtype=A.dtype, device=A.device).index_add_(0, y, A)
+
+
+def class_counts(y: torch.Tensor, M: int) -> torch.Tensor:
+    """n_c per class, float64: (M,) for y (n,), (S, M) for y (S, n) (label M = padding, left out)."""
+    if y.dim() == 2:
+        ones = torch.ones(y.shape, dtype=torch.float64, device=y.device)
+        return torch.zeros(y.shape[0], M + 1, dtype=torch.float64, device=y.device).scatter_add_(1, y, ones)[:, :M]
+    return torch.bincount(y, minlength=M).to(torch.float64)
 
 
 def label_signal(F: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
@@ -246,30 +287,46 @@ def class_profile(A: torch.Tensor, y: torch.Tensor, M: int) -> torch.Tensor:
     """ỸᵀA = YᵀÃ (M, ·) in float64: per-class sums of the sample-centred rows of A (n, ·).
 
     One pass over A: with S = YᵀA (an index_add), 1ᵀA = Σ_c S_c, so ỸᵀA = S − n_c (Σ_c S_c)/n.
-    The index_add runs in A's dtype, the rest in float64.
+    The index_add runs in A's dtype, the rest in float64. With a member dim (A (S, n, K), y (S, n),
+    label M for padded rows, see :func:`class_sums`) the result is (S, M, K), each member centred
+    over its own rows.
     """
-    counts = torch.bincount(y, minlength=M).to(torch.float64)  # (M,)
-    S = class_sums(A, y, M).to(torch.float64)  # (M, ·)
-    return S - counts[:, None] * (S.sum(dim=0) / A.shape[0])[None, :]
+    counts = class_counts(y, M)  # (M,) or (S, M)
+    S = class_sums(A, y, M).to(torch.float64)  # (M, ·) or (S, M, K)
+    n = float(A.shape[0]) if A.dim() == 2 else counts.sum(-1).clamp_min(1)[:, None, None]
+    return S - counts[..., None] * (S.sum(dim=-2, keepdim=True) / n)
 
 
 def alignment(G_F: torch.Tensor, F: torch.Tensor, y: torch.Tensor, M: int,
               S: Optional[torch.Tensor] = None, SG: Optional[torch.Tensor] = None,
-              G_norm: Optional[float] = None) -> float:
+              G_norm: Optional[float] = None):
     """a_G = ⟨G_F, ỸỸᵀF̃⟩ / (‖G_F‖ ‖ỸỸᵀF̃‖) (docs/theory.md §6.1), without forming ỸỸᵀF̃.
 
     With S = ỸᵀF̃ (M, K) and counts n_c: ⟨G_F, ỸỸᵀF̃⟩ = ⟨ỸᵀG_F, S⟩ and
     ‖ỸỸᵀF̃‖² = Σ_c n_c‖S_c‖² − ‖Σ_c n_c S_c‖²/n, so the cost is three passes over (n, K)
     (two index_adds and a norm). Accumulated in float64.
 
+    With a member dim (G_F, F (S, n, K), y (S, n) with label M on padded rows, whose G_F rows
+    must be 0) the result is an (S,) float64 tensor, one a_G per member; ``G_norm`` then (S,).
+
     Args:
         G_F: (n, K). F: (n, K). y: (n,) targets. M: classes.
         S, SG: optional precomputed :func:`class_profile` of F and of G_F. G_norm: ‖G_F‖.
+
+    Returns:
+        a float, or (S,) with a member dim.
     """
+    S = class_profile(F, y, M) if S is None else S  # (M, K) or (S, M, K)
+    SG = class_profile(G_F, y, M) if SG is None else SG
+    counts = class_counts(y, M)  # (M,) or (S, M)
+    if F.dim() == 3:
+        n = counts.sum(-1).clamp_min(1)  # (S,)
+        inner = (SG * S).sum((-2, -1))
+        sig2 = (counts[..., None] * S.square()).sum((-2, -1)) - (counts[:, None, :] @ S).square().sum((-2, -1)) / n
+        g = torch.linalg.vector_norm(G_F, dim=(-2, -1)).double() if G_norm is None else G_norm
+        denom = g * sig2.clamp_min(0).sqrt()
+        return torch.where(denom > 0, inner / denom.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     n = F.shape[0]
-    S = class_profile(F, y, M) if S is None else S  # (M, K)
-    SG = class_profile(G_F, y, M) if SG is None else SG  # (M, K)
-    counts = torch.bincount(y, minlength=M).to(torch.float64)  # (M,)
     inner = (SG * S).sum()
     sig2 = (counts[:, None] * S.square()).sum() - (counts @ S).square().sum() / n
     g = float(torch.linalg.vector_norm(G_F)) if G_norm is None else G_norm
@@ -295,14 +352,29 @@ def relative_change(A: torch.Tensor, B: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(A.to(dtype) - B.to(dtype))) / d if d > 0 else float("inf")
 
 
-def independence_ratio(F: torch.Tensor, nodes: Optional[torch.Tensor] = None) -> float:
+def independence_ratio(F: torch.Tensor, nodes: Optional[torch.Tensor] = None,
+                       mask: Optional[torch.Tensor] = None):
     """mean|offdiag(F̃ᵀF̃)| / mean|diag(F̃ᵀF̃)| (docs/theory.md §6.4; the paper reports ≤ 8% in Stage II).
 
     Args:
-        F: (n, K) hidden activations.
+        F: (n, K) hidden activations, or (S, n, K) for S members with ``mask``.
         nodes: optional index tensor of a subset of nodes; the ratio is then that of the subset's
             Gram matrix, an unbiased estimate of both means at a cost of n·|nodes|² instead of n·K².
+        mask: (S, n) 0/1 real rows of each member (with a member dim; see :func:`centre`).
+
+    Returns:
+        a float, or an (S,) float64 tensor with a member dim.
     """
+    if F.dim() == 3:
+        Fc = centre(F if nodes is None else F.index_select(-1, nodes), mask)
+        G = (Fc.transpose(-2, -1) @ Fc).to(torch.float64)  # (S, k, k)
+        k = G.shape[-1]
+        diag = G.diagonal(dim1=-2, dim2=-1).abs()
+        dmean = diag.mean(-1)
+        if k < 2:
+            return torch.zeros_like(dmean)
+        off = (G.abs().sum((-2, -1)) - diag.sum(-1)) / (k * (k - 1))
+        return torch.where(dmean > 0, off / dmean.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     Fc = centre(F if nodes is None else F.index_select(1, nodes))
     G = (Fc.T @ Fc).to(torch.float64)  # (k, k), the product in F's dtype
     k = G.shape[0]
