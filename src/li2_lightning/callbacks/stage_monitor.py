@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -198,7 +199,9 @@ class StageMonitor(Li2Callback):
                              "alone as the sign that the features matter")
         covered = s.covered(self.purity_threshold)
         B = covered.shape[0]
-        return {"a_G": s.a_G, "independence": s.independence(self.independence_nodes),
+        # only rule 3 (from lazy) reads the independence ratio; a transition fills it in for the table
+        indep = s.independence(self.independence_nodes) if self.stage is Stage.LAZY else math.nan
+        return {"a_G": s.a_G, "independence": indep,
                 "purity": float(s.purity.mean()),
                 "coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
                 "train_acc": train_acc, "val_acc": val_acc, "M": float(s.M),
@@ -208,6 +211,8 @@ class StageMonitor(Li2Callback):
     def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
         epoch = trainer.current_epoch
         transition = self.update(epoch, self._observe(trainer, s))
+        if transition is not None and math.isnan(transition["independence"]):
+            transition["independence"] = s.independence(self.independence_nodes)
         if trainer.world_size > 1:  # rank zero's decision holds everywhere, even if logged metrics differ
             state = trainer.strategy.broadcast((transition, self.extra_state()), src=0)
             transition = state[0]
