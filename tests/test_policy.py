@@ -261,3 +261,29 @@ def test_member_track_counts_consecutive_stalled_checks():
     assert t.observe(Observation(epoch=1, a_G=0.1, **fit), pol) is None and t.stage is Stage.STALLED
     assert t.observe(Observation(epoch=2, a_G=0.1, **fit), pol) == "stalled"
     assert t.fields()["stage_stalled_epoch"] == 1 and t.fields()["stage_done_epoch"] is None
+
+
+# --- the sweep file's policy -------------------------------------------------------------------------
+def test_sweep_with_policy_refills_and_tells_every_point(tmp_path):
+    import json
+
+    import yaml
+
+    from li2_lightning.sweep import expand, load_sweep, point_id, run_sweep
+
+    spec = {"results": str(tmp_path / "r.jsonl"), "population_size": 2, "accelerator": "cpu",
+            "policy": {"mode": "stop-done-and-stalled", "check_every": 5, "confirm": 2},
+            "fixed": {"group": "Z11", "K": 24, "max_epochs": 15, "lr": 1e-2, "train_fraction": 0.5},
+            "grid": {"seed": [0, 1, 2, 3, 4]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert run_sweep(path, progress=False) == 5  # one population of 2 slots took all 5 points
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(point_id(p) for p in expand(load_sweep(path)))
+    assert all(r["stop_reason"] in ("done", "stalled", "budget") and r["epochs"] <= 15 for r in rows)
+    assert all(len(r["curves"]["val/acc"]) == r["epochs"] and r["outcome"] == "finished" for r in rows)
+    assert run_sweep(path, progress=False) == 0
+    bad = dict(spec, policy={"mode": "stop-now"})
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="policy"):
+        load_sweep(path)

@@ -544,11 +544,12 @@ class PopulationModule(pl.LightningModule):
             row = self._row(s, h, extra[j])
             T = h.shape[0] - 1
             row.update(stop_reason=reasons[s], stop_epoch=T, budget_epochs=self._budget(s),
-                       member_index=self._serial[s])
+                       member_index=self._serial[s],
+                       params_finite=all(bool(torch.isfinite(p[s]).all()) for p in (self.W, self.V, *self.U)))
             if self._tracks[s] is not None:
                 row.update(self._tracks[s].fields())
                 row["stage_transitions"] = [list(t) for t in self._tracks[s].transitions]
-            row["curves"] = {k: [None if math.isnan(x) else x for x in v.tolist()]
+            row["curves"] = {k: [None if math.isnan(x) or math.isinf(x) else float(str(x)) for x in v.numpy()]
                              for k, v in (("train/loss", h[:T, 0]), ("train/acc", h[:T, 1]),
                                           ("val/loss", h[1:, 2]), ("val/acc", h[1:, 3]))}
             self._records.append({"row": row, "token": self._tokens[s], "history": h, "serial": self._serial[s]})

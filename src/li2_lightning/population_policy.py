@@ -19,8 +19,9 @@ is frozen (its parameters and optimizer state stay as they were, see
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -168,57 +169,118 @@ class MemberTrack:
         return out
 
 
-def run_points(points: Sequence[dict], policy: Union[StopPolicy, dict, str], population_size: int,
-               sink: Optional[Callable[[dict, Any], None]] = None, accelerator: str = "cpu",
-               max_epochs_total: Optional[int] = None) -> list[dict]:
-    """Train compatible sweep points (same shared settings) as one population with refill.
+def _member_settings(point: dict):
+    from li2_lightning import sweep
+    from li2_lightning.population import MemberSettings
+
+    return MemberSettings(**{k: point[k] for k in sweep.MEMBER_KEYS if k in point})
+
+
+def train_refilling(points: Sequence[dict], tokens: Sequence[Any], policy: Union[StopPolicy, dict, str, None],
+                    ask: Callable[[], Optional[tuple[dict, Any]]], tell: Callable[[dict, dict, Any], None],
+                    accelerator: str = "auto", devices: Union[int, str] = 1, precision: Optional[str] = None) -> None:
+    """Train sweep points (one :func:`~li2_lightning.sweep.group_key`) as a population whose freed
+    slots take the next points.
+
+    Args:
+        points, tokens: the first members (one token each, handed back in ``tell``).
+        policy: the :class:`StopPolicy` (or its dict or mode); None: members stop at their budget.
+        ask: returns the next ``(point, token)``, or None when nothing is pending.
+        tell: called as ``tell(row, point, token)`` as soon as a point finishes; ``row`` is the
+            population's results row (with ``curves`` and ``params_finite``).
+
+    Raises:
+        ValueError: if a pending point does not share the population's settings.
+    """
+    from li2_lightning import sweep
+    from li2_lightning.population import train_population
+
+    key = sweep.group_key(points[0])
+    budget = int(points[0].get("max_epochs", sweep.DEFAULT_MAX_EPOCHS))  # shared: part of group_key
+
+    def source():
+        nxt = ask()
+        if nxt is None:
+            return None
+        point, token = nxt
+        if sweep.group_key(point) != key:
+            raise ValueError(f"point {point} does not share the population's settings; ask must return points "
+                             "of one sweep.group_key")
+        return _member_settings(point), (point, token)
+
+    module = sweep.build_population(list(points))
+    module.configure_members(None if policy is None else StopPolicy.from_dict(policy), source=source,
+                             sink=lambda row, pt: tell(row, *pt), tokens=list(zip(points, tokens)), max_epochs=budget)
+    train_population(module, -1, accelerator=accelerator, devices=devices, precision=precision)  # ends when all stop
+
+
+def run_points(points: Sequence[dict], policy: Union[StopPolicy, dict, str, None], population_size: int,
+               sink: Optional[Callable[[dict, dict], None]] = None, accelerator: str = "cpu",
+               spec: Optional[dict] = None) -> list[dict]:
+    """Train compatible sweep points (one group_key) as one population with refill, in memory.
 
     The first ``population_size`` points take the slots; each point that stops (done, stalled or
-    its own ``max_epochs``) hands its slot to the next. ``sink(row, point)`` is called as soon as
-    a point finishes (a sweep worker tells its store there). This is what ``li2 sweep`` calls for
-    a sweep file with a ``policy:`` (see the report of issue 13 for the hook-up).
+    its ``max_epochs``) hands its slot to the next. ``sink(row, point)`` is called as soon as a
+    point finishes. Rows are as ``li2 sweep`` stores them (:func:`~li2_lightning.sweep.point_row`).
 
     Returns:
         the result rows, in the order the points were given.
-
-    Raises:
-        ValueError: if the points do not share their population settings.
     """
     from li2_lightning import sweep
-    from li2_lightning.population import MemberSettings, train_population
 
     points = list(points)
     if not points:
         return []
-    keys = {sweep.group_key(p) for p in points}
-    if len(keys) > 1:
-        raise ValueError(f"{len(keys)} different population settings among the points; run_points takes points "
-                         "of one group_key (sweep.groups splits them)")
-    budget = int(points[0].get("max_epochs", sweep.DEFAULT_MAX_EPOCHS))
-
-    def settings(p: dict) -> MemberSettings:
-        return MemberSettings(**{k: p[k] for k in sweep.MEMBER_KEYS if k in p})
-
+    spec = {"name": "run_points", **(spec or {})}
     S = max(1, min(population_size, len(points)))
     queue = iter(range(S, len(points)))
     rows: dict[int, dict] = {}
+    t0 = time.perf_counter()
 
-    def source():
-        i = next(queue, None)
-        return None if i is None else (settings(points[i]), i)
-
-    def on_finished(row: dict, i: int) -> None:
-        if "p_star_multiplier" in points[i]:
-            row["p_star_multiplier"] = points[i]["p_star_multiplier"]
-        row.update(id=sweep.point_id(points[i]), point=points[i])
-        rows[i] = row
+    def tell(row: dict, point: dict, i: int) -> None:
+        finite = row.pop("params_finite", True)
+        rows[i] = sweep.point_row(point, row, spec, finite, S, time.perf_counter() - t0)
         if sink is not None:
-            sink(row, points[i])
+            sink(rows[i], point)
 
-    module = sweep.build_population(points[:S])  # max_epochs is shared (sweep.group_key): one budget for all
-    module.configure_members(StopPolicy.from_dict(policy), source=source, sink=on_finished, tokens=list(range(S)),
-                             max_epochs=budget)
-    # the Trainer's bound: every point its whole budget, S at a time (the last population ends at once)
-    total = max_epochs_total or budget * (-(-len(points) // S) + 1)
-    train_population(module, total, accelerator=accelerator)
+    def ask():
+        i = next(queue, None)
+        return None if i is None else (points[i], i)
+
+    train_refilling(points[:S], list(range(S)), policy, ask, tell, accelerator=accelerator)
     return [rows[i] for i in range(len(points))]
+
+
+def run_trials(study, store, trials: list, heartbeat, spec: dict) -> list[dict]:
+    """``li2 sweep``'s worker under a ``policy:``: train ``trials`` (Optuna trials of one study)
+    with refill; each finished point is told to the store at once (:func:`li2_lightning.study.tell_rows`)
+    and its slot asks the study for the next waiting point, which joins the heartbeat.
+
+    Returns:
+        the rows told, in the order the points finished.
+    """
+    from li2_lightning import study as st
+    from li2_lightning import sweep
+
+    t0 = time.perf_counter()
+    told: list[dict] = []
+    S = len(trials)
+
+    def ask():
+        more = st.ask_batch(study, store, 1)
+        if not more:
+            return None
+        heartbeat.trial_ids.append(more[0]._trial_id)
+        return more[0].user_attrs["point"], more[0]
+
+    def tell(row: dict, point: dict, trial) -> None:
+        finite = row.pop("params_finite", True)
+        row = sweep.point_row(point, row, spec, finite, S, time.perf_counter() - t0)
+        st.tell_rows(study, store, [trial], [row], spec["name"])  # raises UnrecordedResults
+        heartbeat.trial_ids.remove(trial._trial_id)
+        told.append(row)
+
+    train_refilling([t.user_attrs["point"] for t in trials], trials, spec.get("policy"), ask, tell,
+                    accelerator=spec.get("accelerator", "auto"), devices=spec.get("devices", 1),
+                    precision=spec.get("precision"))
+    return told

@@ -68,7 +68,7 @@ SHARED_KEYS = ("group", "K", "activation", "loss", "output_scale", "p_star_c", "
 #: the model variants of docs/theory.md §10, shared by a population
 SHARED_KEYS += ("hidden_layers", "residual", "complex_weights", "top_layer", "ridge_lambda")
 POINT_KEYS = MEMBER_KEYS + SHARED_KEYS
-FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "fixed",
+FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "policy", "fixed",
              "grid", "grids", "points", "description")
 DEFAULT_MAX_EPOCHS = 1000
 DEFAULT_POPULATION_CAP = 32  # the most members picked from free memory when the file sets none
@@ -135,6 +135,13 @@ def load_sweep(path: str | os.PathLike) -> dict:
     if "grid" in spec and "grids" in spec:
         raise ValueError(f"sweep file '{path}': give `grid` or `grids`, not both")
     _check_structure(path, spec)
+    if spec.get("policy") is not None:  # stop members that are done or stalled, refill their slots (issue 13)
+        from li2_lightning.population_policy import StopPolicy
+
+        try:
+            StopPolicy.from_dict(spec["policy"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"sweep file '{path}': policy: {err}") from None
     spec.setdefault("name", path.stem)
     results = Path(spec.get("results") or path.with_suffix(".jsonl").name)
     spec["results"] = str(results if results.is_absolute() else (path.parent / results).resolve())
@@ -385,16 +392,22 @@ def run_population(members: list[dict], spec: dict, bar=None) -> list[dict]:
               for k, v in module.lightning_metrics().items()}
     for s, (point, row) in enumerate(zip(members, rows)):
         finite = bool(torch.isfinite(module.W[s]).all() and torch.isfinite(module.V[s]).all())
-        loss = row.get("final_train_loss")
-        diverged = not finite or loss is None or not math.isfinite(loss)
-        if "p_star_multiplier" in point:
-            row["p_star_multiplier"] = point["p_star_multiplier"]
-        row.update(id=point_id(point), point=point, sweep=spec["name"], population_size=len(members),
-                   population_time_s=round(elapsed, 3), diverged=diverged,
-                   outcome="diverged" if diverged else "finished",
-                   curves={k: [None if math.isnan(x) or math.isinf(x) else x for x in c[s]] for k, c in curves.items()})
-        rows[s] = _finite(row)
+        row["curves"] = {k: [None if math.isnan(x) or math.isinf(x) else x for x in c[s]] for k, c in curves.items()}
+        rows[s] = point_row(point, row, spec, finite, len(members), elapsed)
     return rows
+
+
+def point_row(point: dict, row: dict, spec: dict, finite: bool, population_size: int, elapsed: float) -> dict:
+    """A member's results row as the sweep stores it: with ``id``, ``point``, ``sweep``, the
+    population's size and time, and ``diverged`` / ``outcome`` (parameters or final train loss not
+    finite: ``diverged``)."""
+    loss = row.get("final_train_loss")
+    diverged = not finite or loss is None or not math.isfinite(loss)
+    if "p_star_multiplier" in point:
+        row["p_star_multiplier"] = point["p_star_multiplier"]
+    row.update(id=point_id(point), point=point, sweep=spec["name"], population_size=population_size,
+               population_time_s=round(elapsed, 3), diverged=diverged, outcome="diverged" if diverged else "finished")
+    return _finite(row)
 
 
 def read_rows(path: str | os.PathLike) -> dict[str, dict]:
@@ -565,11 +578,17 @@ class Sweep:
             with st.Heartbeat(self.store, study) as hb:
                 hb.trial_ids = [t._trial_id for t in trials]
                 t0 = time.perf_counter()
-                rows = run_population(members, self.spec, bar if progress else None)
-                timings["train"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                st.tell_rows(study, self.store, trials, rows, self.spec["name"])  # raises UnrecordedResults
-                timings["store"] += time.perf_counter() - t0
+                if self.spec.get("policy") is not None:  # each point told as it stops; its slot asks the next
+                    from li2_lightning.population_policy import run_trials
+
+                    rows = run_trials(study, self.store, trials, hb, self.spec)
+                    timings["train"] += time.perf_counter() - t0
+                else:
+                    rows = run_population(members, self.spec, bar if progress else None)
+                    timings["train"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    st.tell_rows(study, self.store, trials, rows, self.spec["name"])  # raises UnrecordedResults
+                    timings["store"] += time.perf_counter() - t0
             trained += len(rows)
             populations += 1
             grokked = sum(r.get("epochs_to_test_acc_0.99") is not None for r in rows)
