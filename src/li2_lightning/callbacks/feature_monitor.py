@@ -20,11 +20,11 @@ class FeatureMonitor(Li2Callback):
     group (Fourier frequencies for Z_M; ``analysis.irreps.real_blocks`` for any group). Every
     ``every_n_epochs``:
 
-    - ``li2/feat/purity_mean``: mean share of a node's power in its dominant block;
     - ``li2/feat/coverage``: share of the non-trivial blocks held by a pure node.
 
     Every ``detail_every_n_epochs`` also:
 
+    - ``li2/feat/purity_mean``: mean share of a node's power in its dominant block;
     - ``li2/feat/pure_frac``: share of nodes with purity ≥ ``purity_threshold``;
     - ``li2/feat/purity_median``, ``li2/feat/n_covered`` (of ``li2/feat/n_blocks``);
     - ``li2/feat/matching_pure``: mean matching score of the pure nodes (1: the halves match as at
@@ -81,12 +81,11 @@ class FeatureMonitor(Li2Callback):
         covered = s.covered(self.purity_threshold)
         B = covered.shape[0]
         m = {
-            "li2/feat/purity_mean": float(pur.mean()),
             "li2/feat/coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
         }
         if trainer is not None and not self.detail_due(trainer):
             return m
-        m.update({"li2/feat/pure_frac": float(pure.double().mean()), "li2/feat/purity_median": float(pur.median()), "li2/feat/n_covered": float(covered[1:].sum()),
+        m.update({"li2/feat/purity_mean": float(pur.mean()), "li2/feat/pure_frac": float(pure.double().mean()), "li2/feat/purity_median": float(pur.median()), "li2/feat/n_covered": float(covered[1:].sum()),
                   "li2/feat/n_blocks": float(B - 1)})
         if bool(pure.any()):
             m["li2/feat/matching_pure"] = float(s.matching[pure].mean())
