@@ -545,8 +545,10 @@ class Sweep:
                    disable=not progress, file=sys.stderr)
         trained = populations = 0
         active = list(range(len(self.studies)))
+        drained: set[int] = set()
         while active and (limit is None or populations < limit):
             t0 = time.perf_counter()
+            active.sort(key=lambda i: i in drained)  # studies that just came up empty are asked last
             for i in active:
                 study, _ = self.studies[i]
                 try:
@@ -558,6 +560,7 @@ class Sweep:
                                         f"asking for points: {st._why(err)}") from err
                 if trials:
                     break
+                drained.add(i)
             timings["store"] += time.perf_counter() - t0
             if not trials:  # nothing waiting: reclaim dead workers' points or wait for the live ones
                 t0 = time.perf_counter()
@@ -570,6 +573,7 @@ class Sweep:
                         live.append(i)
                 waiting = any(st.counts(self.studies[i][0]).get("WAITING") for i in live)
                 active = live
+                drained.clear()  # reclaimed points may be waiting again anywhere
                 timings["store"] += time.perf_counter() - t0
                 if active and not waiting:
                     time.sleep(min(self.store.heartbeat_interval, 2))
