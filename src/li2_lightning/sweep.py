@@ -14,7 +14,12 @@ A sweep file::
     # or `grids:` a list of such grids (their union), e.g. one per group family;
     # `points:` a list of explicit settings, each crossed with the grid(s)
 
-Point settings (:data:`POINT_KEYS`) are the fields of ``MemberSettings`` (:data:`MEMBER_KEYS`),
+Point settings are named as in the training config (:data:`CONFIG_KEYS`: ``seed_everything``,
+``trainer.max_epochs``, ``data.group``, ``data.train_fraction``, ``model.K``, ``model.activation``,
+``model.optimizer.class_path``, ``model.optimizer.init_args.lr`` ...), so a point reads like the
+``li2 fit`` run that reproduces it (``li2 sweep FILE --fit-command I`` prints that command). The short
+keys below are accepted as aliases, and points are stored with them (their ids do not change).
+Short point settings (:data:`POINT_KEYS`) are the fields of ``MemberSettings`` (:data:`MEMBER_KEYS`),
 ``PopulationModule``'s shared arguments, the optimizer (:data:`OPTIMIZER_KEYS`: ``optimizer`` is
 adam, adamw, sgd or muon, ``preset`` Muon's li2, keller or torch, and the other fields of
 ``OptimizerSpec``) and ``max_epochs``; ``seed`` is the init seed and ``split_seed`` defaults to it.
@@ -96,6 +101,101 @@ _TYPES: dict[str, tuple] = {
     "ridge_lambda": (_NUM, 0, True, None, False),
 }
 _CHOICES = {"optimizer": ("adam", "adamw", "sgd", "muon"), "preset": ("li2", "keller", "torch")}
+
+
+#: a point setting in the training config's vocabulary (``li2 fit``'s flags) -> the sweep's short key;
+#: both are accepted in sweep files, points are stored with the short keys (so their ids do not change)
+CONFIG_KEYS = {"seed_everything": "seed", "trainer.max_epochs": "max_epochs", "data.group": "group",
+               **{f"data.{k}": k for k in ("split_seed", "train_fraction", "n_train", "p_star_multiplier",
+                                            "p_star_c")},
+               **{f"model.{k}": k for k in ("K", "activation", "loss", "output_scale", "V_init_scale",
+                                             "hidden_layers", "residual", "complex_weights", "top_layer",
+                                             "ridge_lambda")},
+               "model.optimizer": "optimizer", "model.optimizer.class_path": "optimizer",
+               **{f"model.optimizer.init_args.{k}": k for k in ("weight_decay", "betas", "eps", "momentum",
+                                                                "nesterov", "preset", "ns_steps", "ns_dtype",
+                                                                "adam_decoupled")},
+               "model.optimizer.init_args.adam_betas": "betas", "model.optimizer.init_args.adam_eps": "eps",
+               # Muon's lr is its step on W (short: muon_lr), adam_lr the step on V (short: lr)
+               "model.optimizer.init_args.lr": "_opt_lr", "model.optimizer.init_args.adam_lr": "_adam_lr"}
+#: the optimizer classes ``li2 fit`` gets for the sweep's optimizer names
+OPTIMIZER_CLASSES = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD",
+                     "muon": "li2_lightning.optim.Muon"}
+#: settings of a population only (no ``li2 fit`` flag): when to stop and how often test metrics are taken
+POPULATION_ONLY_KEYS = ("stop_at_test_acc", "check_every", "eval_every")
+
+
+def short_setting(key: str, value: Any) -> tuple[str, Any]:
+    """A sweep-file setting in either vocabulary -> (short key, value); unknown keys pass through."""
+    short = CONFIG_KEYS.get(key, key)
+    if short == "optimizer" and isinstance(value, str):
+        value = {c: n for n, c in OPTIMIZER_CLASSES.items()}.get(value, value)
+    return short, value
+
+
+def _resolve_lr(fname: str, point: dict) -> dict:
+    """Give ``model.optimizer.init_args.lr`` / ``adam_lr`` their short keys, which depend on the optimizer."""
+    if "_opt_lr" not in point and "_adam_lr" not in point:
+        return point
+    point = dict(point)
+    opt_lr, adam_lr = point.pop("_opt_lr", None), point.pop("_adam_lr", None)
+    muon = point.get("optimizer") == "muon"
+    if adam_lr is not None and not muon:
+        raise ValueError(f"sweep file '{fname}': model.optimizer.init_args.adam_lr is set but the optimizer is "
+                         f"{point.get('optimizer', 'adam')!r}; it applies to li2_lightning.optim.Muon only")
+    for short, value in (("muon_lr", opt_lr), ("lr", adam_lr)) if muon else (("lr", opt_lr),):
+        if value is not None:
+            if short in point and point[short] != value:
+                raise ValueError(f"sweep file '{fname}': point {point} sets {short} twice (short key and "
+                                 "model.optimizer.init_args.*) with different values")
+            point[short] = value
+    return point
+
+
+def config_of(point: dict) -> dict:
+    """A point's hyperparameters in the training config's vocabulary, defaults resolved as the
+    population uses them (seed, split seed, train size, optimizer, lr, weight decay, epochs).
+
+    Population-only settings (:data:`POPULATION_ONLY_KEYS`) keep their short keys.
+    """
+    from li2_lightning.population import MemberSettings
+
+    d = MemberSettings()
+    p = {"optimizer": "adam", "K": 512, "max_epochs": DEFAULT_MAX_EPOCHS, "lr": d.lr,
+         "weight_decay": d.weight_decay, **point}
+    p.setdefault("split_seed", p.get("seed", d.seed))
+    p.setdefault("seed", d.seed)
+    if not any(k in p for k in _SIZE_KEYS):
+        p["train_fraction"] = 0.4  # resolve_n_train's default
+    muon = p["optimizer"] == "muon"
+    if muon:
+        p["_adam_lr"] = p.pop("lr")
+        p["_opt_lr"] = p.pop("muon_lr", p["_adam_lr"])
+    else:
+        p["_opt_lr"] = p.pop("lr")
+    back = {short: key for key, short in CONFIG_KEYS.items()
+            if key not in ("model.optimizer", "model.optimizer.init_args.adam_betas",
+                           "model.optimizer.init_args.adam_eps")}
+    if muon:
+        back.update(betas="model.optimizer.init_args.adam_betas", eps="model.optimizer.init_args.adam_eps")
+    out = {}
+    for key, value in p.items():
+        if key == "optimizer":
+            value = OPTIMIZER_CLASSES[value]
+        out[back.get(key, key)] = list(value) if isinstance(value, tuple) else value
+    return dict(sorted(out.items()))
+
+
+def fit_args(point: dict) -> list[str]:
+    """``li2 fit`` arguments that train this point alone through the Lightning CLI (configs/base.yaml's
+    defaults for the rest); population-only settings are left out."""
+    args = ["fit"]
+    for key, value in config_of(point).items():
+        if key in POPULATION_ONLY_KEYS:
+            continue
+        text = json.dumps(value) if isinstance(value, (bool, list)) else str(value)
+        args += [f"--{key}", text]
+    return args
 
 
 def point_id(point: dict) -> str:
@@ -230,6 +330,8 @@ def expand(spec: dict) -> list[dict]:
     for i, extra in enumerate(explicit):
         for key, value in extra.items():
             _check_setting(fname, f"points[{i}].{key}", key, value)
+    fixed = dict(short_setting(k, v) for k, v in fixed.items())
+    explicit = [dict(short_setting(k, v) for k, v in extra.items()) for extra in explicit]
     points, seen = [], set()
     for gi, grid in enumerate(grids):
         where = "grid" if "grids" not in spec else f"grids[{gi}]"
@@ -242,7 +344,8 @@ def expand(spec: dict) -> list[dict]:
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             for extra in explicit:
-                point = {**fixed, **extra, **dict(zip(keys, combo))}
+                point = {**fixed, **extra, **dict(short_setting(k, v) for k, v in zip(keys, combo))}
+                point = _resolve_lr(fname, point)
                 _check_point(fname, point)
                 pid = point_id(point)
                 if pid not in seen:
@@ -252,9 +355,14 @@ def expand(spec: dict) -> list[dict]:
 
 
 def _check_setting(fname: str, where: str, key: Any, value: Any) -> None:
-    if key not in POINT_KEYS:
-        raise ValueError(f"sweep file '{fname}': {where}: setting {key!r} is not known; accepted: {list(POINT_KEYS)}")
-    accepted = check_value(key, value)
+    short, value = short_setting(key, value) if isinstance(key, str) else (key, value)
+    short = {"_opt_lr": "lr", "_adam_lr": "lr"}.get(short, short)
+    if short not in POINT_KEYS:
+        raise ValueError(f"sweep file '{fname}': {where}: setting {key!r} is not known; accepted: {list(POINT_KEYS)} "
+                         f"or their training-config names {list(CONFIG_KEYS)}")
+    accepted = check_value(short, value)
+    if short == "optimizer" and accepted is not None:
+        accepted += f" or one of {list(OPTIMIZER_CLASSES.values())}"
     if accepted is not None:
         raise ValueError(f"sweep file '{fname}': {where}={value!r} is not accepted; accepted: {accepted}")
 
@@ -690,6 +798,23 @@ def run_point(path: str | os.PathLike, index: int, results: Optional[str] = None
     return row
 
 
+def fit_command(path: str | os.PathLike, index: int) -> str:
+    """The ``li2 fit`` command line that trains point ``index`` of a sweep alone (Lightning CLI, configs/base.yaml).
+
+    Its per-epoch ``train/*`` and ``val/*`` equal the point's curves in the sweep (population-only
+    settings such as ``eval_every`` only change which test entries the population measured).
+
+    Raises:
+        ValueError: on a wrong sweep file or an index out of range.
+    """
+    import shlex
+
+    points = expand(load_sweep(path))
+    if not 0 <= index < len(points):
+        raise ValueError(f"--fit-command {index} is out of range; the sweep has points 0..{len(points) - 1}")
+    return shlex.join(["li2", *fit_args(points[index])])
+
+
 def dry_run(path: str | os.PathLike, population_size: Optional[int] = None) -> str:
     """The plan: points, groups, population sizes (nothing is opened or written)."""
     spec = load_sweep(path)
@@ -727,6 +852,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--export-wandb", metavar="OUT", help="write a W&B sweep config and exit")
     parser.add_argument("--point_index", "--point-index", type=int, help="run one point (W&B agent)")
+    parser.add_argument("--fit-command", type=int, metavar="I",
+                        help="print the `li2 fit` command line that reruns point I alone, and exit")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -741,6 +868,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.export_wandb:
             export_wandb(args.file, args.export_wandb)
             print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` per machine")
+            return
+        if args.fit_command is not None:
+            print(fit_command(args.file, args.fit_command))
             return
         if args.point_index is not None:
             run_point(args.file, args.point_index, args.results)
