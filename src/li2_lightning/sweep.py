@@ -6,6 +6,7 @@ A sweep file::
     results: ../results/fig5_cpu.jsonl  # relative to THIS file's folder; default: FILE with suffix .jsonl
     population_size: 25               # most members trained together (default: from free memory)
     accelerator: auto                 # any Lightning accelerator
+    policy: {mode: stop-done-and-stalled, check_every: 10, confirm: 3}  # optional, see below
     fixed: {K: 256, lr: 1.0e-3, weight_decay: 2.0e-4, max_epochs: 1500}
     grid:                             # cartesian product, merged over `fixed`
       group: [Z23, Z41]
@@ -36,6 +37,12 @@ number of ``li2 sweep`` processes may run one sweep: each point is trained once;
 points are enqueued again once its heartbeats stop (``--grace-period``), and finished by the others
 or a rerun. The store is checked for writes before anything trains; a result the store refuses
 (disk full) is saved to a JSONL file whose path is printed, and the exit status is 3.
+
+``policy:`` (a :class:`~li2_lightning.population_policy.StopPolicy`; default none, full curves)
+tracks each member's stage (docs/theory.md §7) every ``check_every`` of its epochs and, with
+``stop-done`` or ``stop-done-and-stalled``, stops a member that is done (or stalled at ``confirm``
+consecutive checks); its result is told to the store at once (``stop_reason``, ``stop_epoch``,
+metrics at the stop) and the next waiting point of the study takes its slot.
 
 When the sweep is done, every finished point is exported to ``results`` as one JSON line (also
 ``--export OUT.jsonl``), the file ``li2 report`` reads; rows already in ``results`` when the store is
