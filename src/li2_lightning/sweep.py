@@ -48,7 +48,10 @@ When the sweep is done, every finished point is exported to ``results`` as one J
 ``--export OUT.jsonl``), the file ``li2 report`` reads; rows already in ``results`` when the store is
 created are taken over as finished. ``li2 sweep FILE --dry-run`` shows the plan.
 
-W&B: ``li2 sweep FILE --export-wandb OUT.yaml`` writes a W&B grid sweep over ``point_index``;
+W&B: with ``--wandb [PROJECT]`` or ``wandb: {project: ...}`` in the file, each finished point becomes its
+own W&B run (config in the training config's keys, history its per-epoch curves by ``epoch``, group
+the sweep's name, job type ``sweep-point``), so W&B's tables, parallel coordinates and grouping work
+on a sweep; the store stays the record. Agents instead: ``li2 sweep FILE --export-wandb OUT.yaml`` writes a W&B grid sweep over ``point_index``;
 ``wandb sweep OUT.yaml`` then ``wandb agent ID`` on each machine runs
 ``li2 sweep FILE --point_index=I`` per point (one member; its row appended to ``results`` and logged
 to the W&B run). The agents need network access to W&B; offline they cannot start.
@@ -80,7 +83,7 @@ SHARED_KEYS = ("group", "K", "activation", "loss", "output_scale", "p_star_c", "
 #: the model variants of docs/theory.md §10, shared by a population
 SHARED_KEYS += ("hidden_layers", "residual", "complex_weights", "top_layer", "ridge_lambda")
 POINT_KEYS = MEMBER_KEYS + SHARED_KEYS
-FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "policy", "fixed",
+FILE_KEYS = ("name", "results", "population_size", "accelerator", "devices", "precision", "policy", "wandb", "fixed",
              "grid", "grids", "points", "description")
 DEFAULT_MAX_EPOCHS = 1000
 DEFAULT_POPULATION_CAP = 32  # the most members picked from free memory when the file sets none
@@ -266,6 +269,10 @@ def _check_structure(path: Path, spec: dict) -> None:
     for key in ("name", "results", "accelerator", "description"):
         if key in spec and not isinstance(spec[key], str):
             raise bad(key, spec[key], "a string")
+    wb = spec.get("wandb")
+    if wb is not None and (not isinstance(wb, dict) or set(wb) - {"project", "entity"}
+                           or not all(isinstance(v, str) for v in wb.values())):
+        raise bad("wandb", wb, "a mapping with `project` (and `entity`), e.g. {project: li2-sweeps}")
     ps = spec.get("population_size")
     if ps is not None and (isinstance(ps, bool) or not isinstance(ps, int) or ps < 1):
         raise bad("population_size", ps, "an integer >= 1 (or leave it out: picked from free memory)")
@@ -569,7 +576,7 @@ class Sweep:
 
     def __init__(self, path: str | os.PathLike, storage: Optional[str] = None, population_size: Optional[int] = None,
                  accelerator: Optional[str] = None, results: Optional[str] = None, heartbeat_interval: int = 20,
-                 grace_period: int = 60) -> None:
+                 grace_period: int = 60, wandb_project: Optional[str] = None) -> None:
         from li2_lightning import study as st
 
         spec = load_sweep(path)
@@ -579,6 +586,8 @@ class Sweep:
             spec["population_size"] = population_size
         if accelerator:
             spec["accelerator"] = accelerator
+        if wandb_project is not None:  # "": the file's project (or li2)
+            spec["wandb"] = {**(spec.get("wandb") or {}), **({"project": wandb_project} if wandb_project else {})}
         self.spec = spec
         self.points = expand(spec)
         self.index = {point_id(p): i for i, p in enumerate(self.points)}
@@ -708,6 +717,14 @@ class Sweep:
                     t0 = time.perf_counter()
                     st.tell_rows(study, self.store, trials, rows, self.spec["name"])  # raises UnrecordedResults
                     timings["store"] += time.perf_counter() - t0
+            if self.spec.get("wandb") is not None:  # after the store has the rows: W&B is a view, not the record
+                try:
+                    log_to_wandb(rows, self.spec)
+                except ValueError:
+                    raise
+                except Exception as err:
+                    print(f"li2 sweep: W&B runs not written ({type(err).__name__}: {err}); the results are in "
+                          "the store", file=sys.stderr)
             trained += len(rows)
             populations += 1
             grokked = sum(r.get("epochs_to_test_acc_0.99") is not None for r in rows)
@@ -720,7 +737,8 @@ class Sweep:
 def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population_size: Optional[int] = None,
               accelerator: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
               storage: Optional[str] = None, workers: int = 1, heartbeat_interval: int = 20,
-              grace_period: int = 60, export: bool = True, threads: Optional[int] = None) -> int:
+              grace_period: int = 60, export: bool = True, threads: Optional[int] = None,
+              wandb_project: Optional[str] = None) -> int:
     """Run every pending point of a sweep file; returns the number of points trained by this process.
 
     With ``workers`` > 1, starts that many worker processes (this process trains nothing) and
@@ -731,7 +749,8 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
         UnrecordedResults: a result could not be told (saved to the file it names).
         RuntimeError: a worker process failed.
     """
-    sweep = Sweep(path, storage, population_size, accelerator, results, heartbeat_interval, grace_period)
+    sweep = Sweep(path, storage, population_size, accelerator, results, heartbeat_interval, grace_period,
+                  wandb_project)
     spec = sweep.spec
     print(f"li2 sweep {spec['name']}: {len(sweep.points)} points in {len(sweep.studies)} group(s), "
           f"{sweep.pending()} to run; store {sweep.store.path or sweep.store.url}", file=sys.stderr)
@@ -741,7 +760,7 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
                "--results", spec["results"], "--no-export", "--heartbeat-interval", str(heartbeat_interval),
                "--grace-period", str(grace_period)] + (["--no-progress"] if not progress else [])
         for flag, value in (("--population-size", population_size), ("--accelerator", accelerator),
-                            ("--limit", limit), ("--threads", threads)):
+                            ("--limit", limit), ("--threads", threads), ("--wandb", wandb_project)):
             if value is not None:
                 cmd += [flag, str(value)]
         procs = [subprocess.Popen(cmd) for _ in range(workers)]
@@ -805,6 +824,37 @@ def run_point(path: str | os.PathLike, index: int, results: Optional[str] = None
     return row
 
 
+def log_to_wandb(rows: list[dict], spec: dict) -> None:
+    """Each finished point as its own W&B run: config = :func:`config_of` its point (the training
+    config's keys), history = its per-epoch curves with ``epoch`` as the step, summary = the row's
+    scalars, ``group`` = the sweep's name, ``job_type`` ``"sweep-point"``; files under
+    ``<results folder>/wandb``. W&B's mode follows ``WANDB_MODE`` (``offline`` without a server).
+
+    Raises:
+        ValueError: when W&B is not installed (it names what to install).
+    """
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb / `wandb:` needs W&B: pip install wandb (or leave it out)") from None
+    cfg = spec.get("wandb") or {}
+    folder = Path(spec["results"]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        run = wandb.init(project=cfg.get("project", "li2"), entity=cfg.get("entity"), group=spec["name"],
+                         job_type="sweep-point", name=f"{spec['name']}/{row['id']}", dir=str(folder),
+                         reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+        run.config.update(config_of(row["point"]))  # a config record of its own (offline readers see it)
+        run.define_metric("epoch")
+        run.define_metric("*", step_metric="epoch")
+        curves = row.get("curves") or {}
+        for e in range(max((len(c) for c in curves.values()), default=0)):
+            run.log({"epoch": e, **{k: c[e] for k, c in curves.items() if e < len(c) and c[e] is not None}}, step=e)
+        run.summary.update({k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) and k != "id"}
+                           | {"point_id": row["id"]})
+        run.finish()
+
+
 def fit_command(path: str | os.PathLike, index: int) -> str:
     """The ``li2 fit`` command line that trains point ``index`` of a sweep alone (Lightning CLI, configs/base.yaml).
 
@@ -859,6 +909,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--export-wandb", metavar="OUT", help="write a W&B sweep config and exit")
     parser.add_argument("--point_index", "--point-index", type=int, help="run one point (W&B agent)")
+    parser.add_argument("--wandb", nargs="?", const="", metavar="PROJECT",
+                        help="log each finished point as its own W&B run (project default: the file's `wandb:`, else li2)")
     parser.add_argument("--fit-command", type=int, metavar="I",
                         help="print the `li2 fit` command line that reruns point I alone, and exit")
     args = parser.parse_args(argv)
@@ -894,7 +946,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         run_sweep(args.file, args.results, args.population_size, args.accelerator, args.limit,
                   progress=not args.no_progress, storage=args.storage, workers=args.workers,
                   heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                  export=not args.no_export, threads=args.threads)
+                  export=not args.no_export, threads=args.threads, wandb_project=args.wandb)
     except (ValueError, StoreError) as err:
         parser.exit(2, f"li2 sweep: error: {err}\n")
     except UnrecordedResults as err:
