@@ -85,6 +85,14 @@ def run_sweep(mode: str, out: Path, population: int) -> None:
                 with rows_path.open("a") as f:
                     for p, r in zip(chunk, rows):
                         f.write(json.dumps(_keep(r, p)) + "\n")
+        elif mode == "observe":  # every member its budget, every observation recorded (for replay)
+            def keep_obs(row, point):
+                with rows_path.open("a") as f:
+                    f.write(json.dumps(dict(_keep(row, point), val_acc=row["curves"]["val/acc"])) + "\n")
+
+            rows = run_points(members, dict(POLICY, mode="off", record_observations=True), population,
+                              sink=keep_obs, accelerator="cpu")
+            member_epochs += sum(r["epochs"] for r in rows)
         else:
             done = []
 
@@ -99,7 +107,7 @@ def run_sweep(mode: str, out: Path, population: int) -> None:
     wall = time.perf_counter() - t0
     (out / f"sweep_{mode}_summary.json").write_text(json.dumps(
         {"mode": mode, "points": len(pts), "population": population, "wall_s": round(wall, 1),
-         "member_epochs": member_epochs, "policy": POLICY if mode == "on" else None, "fixed": FIXED}, indent=1))
+         "member_epochs": member_epochs, "policy": POLICY if mode != "off" else None, "fixed": FIXED}, indent=1))
     print(f"{mode}: {len(pts)} points, {wall:.0f} s, {member_epochs} member-epochs", flush=True)
 
 
@@ -122,6 +130,33 @@ def run_fig3(out: Path) -> None:
     (out / "fig3_wd0.json").write_text(json.dumps(res, indent=1))
 
 
+def replay(observations: list[dict], confirm: int, val_flat_stall: bool = False) -> tuple[str, int]:
+    """The policy's decision on recorded observations: (stop reason, stop epoch) or ("budget", -1).
+
+    ``val_flat_stall``: the variant proposed for the a_G signal's rule 2, which calls a run stalled
+    only while its test accuracy is also flat over the window (Δ below generalization_gain × (1 −
+    chance) / 10, as the feature signals already require).
+    """
+    from li2_lightning.stages import Memory, Observation, Stage, Thresholds, next_stage
+
+    th, stage, mem, run = Thresholds(), Stage.LAZY, Memory(), 0
+    for o in observations:
+        obs = Observation(**o)
+        new, new_mem = next_stage(stage, obs, mem, th)
+        dval = new_mem.delta_val_acc
+        if (val_flat_stall and new is Stage.STALLED and stage is not Stage.STALLED and dval is not None
+                and dval >= th.generalization_gain * (1 - obs.chance) / 10):
+            new, new_mem = stage, Memory(new_mem.peak_a_G, mem.resume, new_mem.purity_history, new_mem.delta_purity,
+                                         new_mem.val_history, new_mem.delta_val_acc)
+        stage, mem = new, new_mem
+        run = run + 1 if stage is Stage.STALLED else 0
+        if stage is Stage.DONE:
+            return "done", obs.epoch + 1
+        if run >= confirm:
+            return "stalled", obs.epoch + 1
+    return "budget", -1
+
+
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -132,18 +167,23 @@ def report(out: Path) -> str:
     on = {(r["group"], r["p_star_multiplier"], r["weight_decay"], r["seed"]): r for r in _read(out / "sweep_on.jsonl")}
     s_off = json.loads((out / "sweep_off_summary.json").read_text())
     s_on = json.loads((out / "sweep_on_summary.json").read_text())
-    keys = sorted(set(off) & set(on))
+    both = sorted(set(off) & set(on))
+    # a point whose train fraction reaches 1 (3 p* on the smallest groups) has no test set: no call
+    no_test = [k for k in both if off[k].get("n_train") == off[k].get("M") ** 2]
+    keys = [k for k in both if k not in no_test]
+
+    reasons: dict[str, int] = {}
+    for k in both:
+        reasons[on[k]["stop_reason"]] = reasons.get(on[k]["stop_reason"], 0) + 1
 
     def call(r: dict) -> bool:
         acc = r.get("final_test_acc")
         return acc is not None and acc >= GENERALIZES
 
     agree = sum(call(off[k]) == call(on[k]) for k in keys)
-    wrong = [k for k in keys if call(off[k]) and on[k].get("stop_reason") == "stalled"]
+    stalled_grokked = [k for k in keys if call(off[k]) and on[k].get("stop_reason") == "stalled"]
+    wrong = [k for k in stalled_grokked if not call(on[k])]
     disagree = [k for k in keys if call(off[k]) != call(on[k])]
-    reasons: dict[str, int] = {}
-    for k in keys:
-        reasons[on[k]["stop_reason"]] = reasons.get(on[k]["stop_reason"], 0) + 1
     lines = [
         "# Issue 13: stopping members that grokked or stalled, and refilling their slots",
         "",
@@ -155,7 +195,7 @@ def report(out: Path) -> str:
         "## Fig. 5-style sweep, policy off vs on",
         "",
         f"Points: groups {GROUPS} × p* multipliers {MULTIPLIERS} × weight decay {WEIGHT_DECAYS} × seeds {SEEDS}"
-        f" = {len(keys)} (K {FIXED['K']}, Adam lr {FIXED['lr']}, budget {FIXED['max_epochs']} epochs).",
+        f" = {len(both)} (K {FIXED['K']}, Adam lr {FIXED['lr']}, budget {FIXED['max_epochs']} epochs).",
         f"Policy on: `{json.dumps(POLICY)}` (stage rule thresholds at their defaults), populations of"
         f" {s_on['population']} with refill; off: populations of {s_off['population']}, every member its budget.",
         "",
@@ -164,18 +204,31 @@ def report(out: Path) -> str:
         f"| wall time (s) | {s_off['wall_s']} | {s_on['wall_s']} | {s_off['wall_s'] / s_on['wall_s']:.2f} |",
         f"| member-epochs | {s_off['member_epochs']} | {s_on['member_epochs']} |"
         f" {s_off['member_epochs'] / max(1, s_on['member_epochs']):.2f} |",
+    ]
+    run2 = out / "run2"
+    if (run2 / "sweep_off_summary.json").exists() and (run2 / "sweep_on_summary.json").exists():
+        r_off = json.loads((run2 / "sweep_off_summary.json").read_text())
+        r_on = json.loads((run2 / "sweep_on_summary.json").read_text())
+        lines.append(f"| wall time, second pair (s) | {r_off['wall_s']} | {r_on['wall_s']} |"
+                     f" {r_off['wall_s'] / r_on['wall_s']:.2f} |")
+    lines += [
         "",
         f"Final call (generalizes = test acc ≥ {GENERALIZES} at the budget, or at the stop): "
-        f"{agree}/{len(keys)} points agree ({100 * agree / max(1, len(keys)):.1f}%).",
-        f"Stop reasons (on): {reasons}.",
-        f"Grokking points (off) that the policy stopped as stalled: {len(wrong)} {wrong if wrong else ''}.",
+        f"{agree}/{len(keys)} points agree ({100 * agree / max(1, len(keys)):.1f}%); {len(no_test)} further points"
+        " (3 p* on Z23, D11, S4: train fraction ≥ 1) have no test set and no call; they are in the compute"
+        " totals.",
+        f"Stop reasons (on, all {len(both)} points): {reasons}.",
+        f"Points that generalize with the policy off and that the policy stopped as stalled: {len(stalled_grokked)}"
+        f" {stalled_grokked if stalled_grokked else ''}; of these, stopped before their test accuracy reached"
+        f" {GENERALIZES} (the call changed, a wrong stop): {len(wrong)} {wrong if wrong else ''}.",
         "",
         "Disagreements (group, p*×, wd, seed: off final test acc → on stop reason, stop epoch, test acc at stop):",
         "",
     ]
     for k in disagree:
-        lines.append(f"- {k}: {off[k]['final_test_acc']:.3f} → {on[k]['stop_reason']} at {on[k]['stop_epoch']},"
-                     f" {on[k]['final_test_acc'] if on[k]['final_test_acc'] is None else round(on[k]['final_test_acc'], 3)}")
+        lines.append(f"- {k}: {off[k]['final_test_acc']:.3f} (test acc 0.99 at epoch {off[k]['epochs_to_test_acc_0.99']})"
+                     f" → {on[k]['stop_reason']} at {on[k]['stop_epoch']}, {round(on[k]['final_test_acc'], 3)};"
+                     f" stages {on[k].get('stage_transitions')}")
     if not disagree:
         lines.append("- none")
     lines += ["", "Per group and weight decay: points, generalizing (off), stop reasons (on), mean stop epoch (on):", "",
@@ -183,7 +236,7 @@ def report(out: Path) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for g in GROUPS:
         for wd in WEIGHT_DECAYS:
-            ks = [k for k in keys if k[0] == g and k[2] == wd]
+            ks = [k for k in both if k[0] == g and k[2] == wd]
             if not ks:
                 continue
             rs = [on[k] for k in ks]
@@ -191,6 +244,42 @@ def report(out: Path) -> str:
             lines.append(f"| {g} | {wd:g} | {len(ks)} | {sum(call(off[k]) for k in ks)} | {sum(call(on[k]) for k in ks)} |"
                          f" {cnt['done']} | {cnt['stalled']} | {cnt['budget']} |"
                          f" {sum(r['stop_epoch'] for r in rs) / len(rs):.0f} |")
+    obs_path = out / "sweep_observe.jsonl"
+    if obs_path.exists():
+        ob = {(r["group"], r["p_star_multiplier"], r["weight_decay"], r["seed"]): r for r in _read(obs_path)}
+        ks = [k for k in keys if k in ob]
+        same = sum((replay(ob[k]["stage_observations"], POLICY["confirm"])[0], replay(ob[k]["stage_observations"],
+                    POLICY["confirm"])[1]) == (on[k]["stop_reason"], on[k]["stop_epoch"] if on[k]["stop_reason"]
+                                               != "budget" else -1) for k in ks)
+
+        def acc_at(k, epoch):  # test accuracy at θ_epoch of the full run (val/acc[e] is at θ_{e+1})
+            v = ob[k]["val_acc"]
+            return v[min(epoch, len(v)) - 1] if epoch > 0 else None
+
+        def calls(variant):
+            agree, stops, epochs, wrong = 0, 0, 0, []
+            for k in ks:
+                reason, e = replay(ob[k]["stage_observations"], POLICY["confirm"], variant)
+                acc = ob[k]["final_test_acc"] if reason == "budget" else acc_at(k, e)
+                agree += call(off[k]) == (acc is not None and acc >= GENERALIZES)
+                stops += reason == "stalled"
+                epochs += FIXED["max_epochs"] if reason == "budget" else e
+                if call(off[k]) and reason == "stalled" and not (acc is not None and acc >= GENERALIZES):
+                    wrong.append(k)
+            return agree, stops, epochs, wrong
+
+        lines += ["", "## Replay on recorded trajectories", "",
+                  f"`--mode observe` trains every point its whole budget with the rule recording each observation"
+                  f" ({len(ks)} points with a test set). Replaying the policy on them gives the on-run's decision"
+                  f" (reason and stop epoch) for {same}/{len(ks)} points (members are independent of their"
+                  " population up to float rounding of padded sums). The same trajectories under a variant of"
+                  " rule 2 for the a_G signal (stalled only while test accuracy is also flat, as the feature"
+                  " signals require):", "",
+                  "| rule 2 | calls agreeing with off | stalled stops | member-epochs (these points) | wrong stops |",
+                  "|---|---|---|---|---|"]
+        for name, variant in (("as in stages.py", False), ("+ test accuracy flat", True)):
+            a, st_, ep, wr = calls(variant)
+            lines.append(f"| {name} | {a}/{len(ks)} | {st_} | {ep} | {len(wr)} {wr if wr else ''} |")
     f3 = out / "fig3_wd0.json"
     if f3.exists():
         d = json.loads(f3.read_text())
@@ -215,7 +304,7 @@ def report(out: Path) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["sweep", "fig3", "report"])
-    ap.add_argument("--mode", choices=["off", "on"], default="on")
+    ap.add_argument("--mode", choices=["off", "on", "observe"], default="on")
     ap.add_argument("--out", default="/tmp/h10")
     ap.add_argument("--population", type=int, default=21)
     a = ap.parse_args(argv)

@@ -254,13 +254,15 @@ def test_policy_settings_are_validated():
 
 
 def test_member_track_counts_consecutive_stalled_checks():
-    pol = StopPolicy("stop-done-and-stalled", check_every=1, confirm=2, thresholds=Thresholds(window_epochs=1))
+    pol = StopPolicy("stop-done-and-stalled", check_every=1, confirm=2, thresholds=Thresholds(window_epochs=1),
+                     record_observations=True)
     t = MemberTrack()
     fit = dict(independence=0.01, purity=0.3, coverage=0.0, train_acc=1.0, val_acc=0.1, M=23.0)
     assert t.observe(Observation(epoch=0, a_G=0.9, **fit), pol) is None and t.stage is Stage.INDEPENDENT
     assert t.observe(Observation(epoch=1, a_G=0.1, **fit), pol) is None and t.stage is Stage.STALLED
     assert t.observe(Observation(epoch=2, a_G=0.1, **fit), pol) == "stalled"
     assert t.fields()["stage_stalled_epoch"] == 1 and t.fields()["stage_done_epoch"] is None
+    assert [o["a_G"] for o in t.fields()["stage_observations"]] == [0.9, 0.1, 0.1]
 
 
 # --- the sweep file's policy -------------------------------------------------------------------------

@@ -21,6 +21,12 @@ RNG seeded, then ``TwoLayerNet`` drawn, W first), and its metrics follow ``Li2Mo
 
 Per-member results (:meth:`PopulationModule.results`) count *steps*: ``epochs_to_test_acc_0.5 = t``
 means the parameters after t full-batch steps were the first with test accuracy ≥ 0.5.
+
+Members may also live their own lives (:meth:`PopulationModule.configure_members`): each has its
+own budget, its stages are tracked by the rule of docs/theory.md §7 from batched observables, a
+:class:`~li2_lightning.population_policy.StopPolicy` stops those that are done or stalled, and a
+stopped member's slot is frozen (the optimizer's ``active`` mask) or taken by the next pending
+member, with a fresh init, split, optimizer state and step count (continuous batching).
 """
 
 from __future__ import annotations

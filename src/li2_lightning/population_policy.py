@@ -48,6 +48,8 @@ class StopPolicy:
         thresholds: the stage rule's settings (:class:`~li2_lightning.stages.Thresholds`).
         purity_threshold: purity from which a node counts as pure (coverage).
         independence_nodes: nodes in the independence estimate (0: all), as ``StageMonitor``'s.
+        record_observations: put every observation the rule saw in the member's row
+            (``stage_observations``), e.g. to replay another rule on the same trajectories.
 
     Raises:
         ValueError: on an unknown mode or a count that is not a positive integer.
@@ -59,6 +61,7 @@ class StopPolicy:
     thresholds: Thresholds = field(default_factory=Thresholds)
     purity_threshold: float = 0.9
     independence_nodes: int = 128
+    record_observations: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in POLICY_MODES:
@@ -143,11 +146,15 @@ class MemberTrack:
     first_epoch: dict[str, int] = field(default_factory=dict)
     transitions: list[tuple[int, str]] = field(default_factory=list)
     stalled_checks: int = 0
+    observations: Optional[list[dict]] = None
 
     def observe(self, obs: Observation, policy: StopPolicy) -> Optional[str]:
         """Advance the rule by one observation; the stop reason the policy gives, or None."""
         if not self.first_epoch:
             self.first_epoch[self.stage.label] = obs.epoch
+        if policy.record_observations:
+            self.observations = [] if self.observations is None else self.observations
+            self.observations.append(dataclasses.asdict(obs))
         before = self.stage
         self.stage, self.memory = next_stage(before, obs, self.memory, policy.thresholds)
         if self.stage != before:
@@ -166,6 +173,8 @@ class MemberTrack:
         """``stage_<name>_epoch`` (first epoch of each stage, None if never) and ``stage_final``."""
         out: dict[str, Any] = {f"stage_{s.label}_epoch": self.first_epoch.get(s.label) for s in Stage}
         out["stage_final"] = self.stage.label
+        if self.observations is not None:
+            out["stage_observations"] = self.observations
         return out
 
 
