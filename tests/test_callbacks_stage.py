@@ -138,6 +138,13 @@ def test_signal_is_validated_and_weight_decay_read_from_the_optimizers():
         param_groups = [{"params": p, "lr": 0.1}]
 
     assert StageMonitor.weight_decay(T(NoDecayKey())) is None
+    # decoupled decay (AdamW, torch's Muon) moves the MSE off the theory's signal; wd 0 does not
+    assert StageMonitor.decoupled_decay(T(torch.optim.AdamW(p, weight_decay=0.1)))
+    assert not StageMonitor.decoupled_decay(T(torch.optim.AdamW(p, weight_decay=0.0)))
+    assert not StageMonitor.decoupled_decay(T(torch.optim.Adam(p, weight_decay=2e-4)))
+    assert not StageMonitor.decoupled_decay(T(torch.optim.SGD(p, lr=0.1, weight_decay=1e-3)))
+    assert StageMonitor.decoupled_decay(T(torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))], weight_decay=0.1)))
+    assert not StageMonitor.decoupled_decay(T(NoDecayKey()))
 
 
 def test_cross_entropy_run_uses_the_feature_signals_and_says_so_once(caplog):

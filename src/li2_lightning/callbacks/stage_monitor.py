@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -44,9 +45,11 @@ class StageMonitor(Li2Callback):
        purity still creeps up, would count as interactive.
 
     **Which signals.** Rules 2 and 4 read a_G's fall, the theory's signal for the class-centred
-    MSE (docs/theory.md §7). With cross-entropy a_G keeps its label alignment through grokking
-    (0.8-0.9 on Z23 with AdamW while test accuracy leaves chance), so ``signal="auto"``
-    switches to the feature signals for any loss but ``"mse"`` and says so once: interactive
+    MSE with coupled (L2) or no weight decay (docs/theory.md §7). With cross-entropy a_G keeps its
+    label alignment through grokking (0.8-0.9 on Z23 with AdamW while test accuracy leaves
+    chance); with decoupled decay (AdamW, Muon) on the MSE a_G falls to ~0 as without weight decay
+    while the run still learns. So ``signal="auto"`` switches to the feature signals for any loss
+    but ``"mse"`` and for decoupled decay, and says so once: interactive
     when purity rises and test accuracy leaves chance, done when test accuracy reaches
     ``done_val_acc`` (coverage not required), stalled only when the optimizer has no weight
     decay and neither purity nor test accuracy moves over the window (an optimizer that does not
@@ -154,12 +157,14 @@ class StageMonitor(Li2Callback):
         return t
 
     # --- hooks ----------------------------------------------------------------------------------
-    def _resolve_signal(self, loss: str) -> bool:
+    def _resolve_signal(self, loss: str, trainer: Trainer) -> bool:
         """Whether a_G's fall is read (once per run; says so when the feature signals are used)."""
         if self._a_G_signal is None:
-            self._a_G_signal = self.signal == "a_G" or (self.signal == "auto" and loss == "mse")
+            decoupled = self.decoupled_decay(trainer)
+            self._a_G_signal = self.signal == "a_G" or (self.signal == "auto" and loss == "mse" and not decoupled)
             if not self._a_G_signal:
-                why = f"the loss is {loss!r}" if self.signal == "auto" else "signal='features'"
+                why = ("signal='features'" if self.signal == "features" else f"the loss is {loss!r}" if loss != "mse"
+                       else "the weight decay is decoupled (AdamW, Muon), not the L2 term that makes the theory's ridge")
                 rank_zero_info(
                     f"StageMonitor: {why}, so a_G's fall (docs/theory.md §7, derived for the MSE) does not "
                     "mark the interactive stage or the stall; the stages follow purity, coverage and "
@@ -174,6 +179,18 @@ class StageMonitor(Li2Callback):
         # W&B summary: best test accuracy, and the first epoch of each stage
         _media.define_summaries(trainer, maxima=[self.val_acc_key],
                                 minima=[f"stage/{s.label}_epoch" for s in Stage if s is not Stage.LAZY])
+
+    @staticmethod
+    def decoupled_decay(trainer: Trainer) -> bool:
+        """Whether some parameter group decays its weights decoupled from the gradient (AdamW,
+        ``torch.optim.Muon``, or a group with ``decoupled_weight_decay``)."""
+        torch_muon = getattr(torch.optim, "Muon", None)  # decays W ← W(1 − lr·wd), no flag in its groups
+        for opt in trainer.optimizers:
+            muon = torch_muon is not None and isinstance(opt, torch_muon)
+            for g in getattr(opt, "param_groups", []):
+                if float(g.get("weight_decay", 0.0)) > 0 and (muon or g.get("decoupled_weight_decay")):
+                    return True
+        return False
 
     @staticmethod
     def weight_decay(trainer: Trainer) -> Optional[bool]:
@@ -205,7 +222,7 @@ class StageMonitor(Li2Callback):
                 "purity": float(s.purity.mean()),
                 "coverage": float(covered[1:].sum()) / (B - 1) if B > 1 else 1.0,
                 "train_acc": train_acc, "val_acc": val_acc, "M": float(s.M),
-                "a_G_signal": self._resolve_signal(s.probe.loss), "weight_decay": self.weight_decay(trainer)}
+                "a_G_signal": self._resolve_signal(s.probe.loss, trainer), "weight_decay": self.weight_decay(trainer)}
 
     @override
     def compute(self, s: Snapshot, trainer: Trainer) -> dict[str, float]:
