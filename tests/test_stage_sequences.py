@@ -164,3 +164,35 @@ def test_fig3_stages_with_and_without_weight_decay():
     seq = _sequence(_stages(model, 300, dm)[0])
     print("Fig. 3 wd 0:", seq)
     assert [s for s, _ in seq] == ["independent", "stalled"] and abs(seq[1][1] - 97) <= 10
+
+
+@pytest.mark.slow
+def test_mse_with_decoupled_decay_uses_the_feature_signals():
+    """AdamW (decoupled) on the MSE: a_G falls to ~0 as with wd 0, but the run keeps learning; the
+    feature signals call it interactive (test acc off chance), not stalled. Its wd-0 twin stalls."""
+    model, dm = _li2module(torch.optim.AdamW, 0.1, 5e-3)
+    monitor, accs = _stages(model, 1000, dm)
+    seq = _sequence(monitor)
+    print("MSE AdamW wd 0.1:", seq, "max val acc", max(accs))
+    assert [s for s, _ in seq] == ["independent", "interactive"] and monitor._a_G_signal is False
+
+    model, dm = _li2module(torch.optim.AdamW, 0.0, 5e-3)
+    monitor, accs = _stages(model, 400, dm)
+    seq = _sequence(monitor)
+    print("MSE AdamW wd 0:", seq, "max val acc", max(accs))
+    assert [s for s, _ in seq] == ["independent", "stalled"] and monitor._a_G_signal is True
+
+
+@pytest.mark.slow
+def test_cross_entropy_muon_in_order_and_its_weight_decay_0_twin_stalls():
+    seed_everything(1)
+    monitor, accs = _stages(UserNet(train_fraction=0.7, optimizer="muon", lr=0.02, weight_decay=0.1), 1000)
+    seq = _sequence(monitor)
+    print("CE Muon wd 0.1:", seq, "val>=0.5 at", _first(accs, 0.5))
+    assert [s for s, _ in seq] == ["independent", "interactive"] and seq[1][1] < _first(accs, 0.5)
+
+    seed_everything(1)
+    monitor, accs = _stages(UserNet(train_fraction=0.7, optimizer="muon", lr=0.02, weight_decay=0.0), 500)
+    seq = _sequence(monitor)
+    print("CE Muon wd 0:", seq, "max val acc", max(accs))
+    assert max(accs) < 0.1 and [s for s, _ in seq] == ["independent", "stalled"]
