@@ -40,9 +40,9 @@ class StageMonitor(Li2Callback):
        set), a_G ≥ ``align_high`` (label signal in G_F) and independence ≤ ``independence_max``.
     4. independent → **interactive** when a_G ≤ ``align_drop`` × peak (G_F turns from ỸỸᵀF̃
        toward the residual), Δpurity ≥ ``purity_flat`` (features keep forming), and the features
-       have started to matter: val acc ≥ chance + ``generalization_gain`` · (1 − chance), or
-       some irrep is covered. Without the last condition a wd = 0 run, whose a_G also falls while
-       purity still creeps up, would count as interactive.
+       have started to matter: val acc ≥ chance + ``generalization_gain`` · (1 − chance)
+       (without validation: some irrep is covered). Without the last condition a wd = 0 run,
+       whose a_G also falls while purity still creeps up, would count as interactive.
 
     **Which signals.** Rules 2 and 4 read a_G's fall, the theory's signal for the class-centred
     MSE with coupled (L2) or no weight decay (docs/theory.md §7). With cross-entropy a_G keeps its
