@@ -1,4 +1,4 @@
-"""The energy E of Stage II (SPEC §4, Theorem 1, Eq. 7) for all hidden nodes at once.
+"""The energy E of Stage II (docs/theory.md §4, Theorem 1, Eq. 7) for all hidden nodes at once.
 
 E(w) = ½ ‖Ỹᵀ σ(Xw)‖² and ∇E = Xᵀ diag(σ'(Xw)) ỸỸᵀ σ(Xw), evaluated on the rows given (the
 training rows: the empirical energy). Shapes: index pairs x (n, 2), targets y (n,), W (2M, K)
@@ -48,7 +48,7 @@ def energy_grad(W: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
 
 def normalized_energy(W: torch.Tensor, x: torch.Tensor, y: torch.Tensor, activation: str = "sqr",
                       F: Optional[torch.Tensor] = None, S: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """E(w_j / ‖w_j‖) (K,), float64: the energies of the nodes on the unit sphere (SPEC §4).
+    """E(w_j / ‖w_j‖) (K,), float64: the energies of the nodes on the unit sphere (docs/theory.md §4).
 
     If F = σ(XW) is given and σ is p-homogeneous (x², ReLU, ReLU²), no forward pass is made:
     σ(Xw/‖w‖) = σ(Xw)/‖w‖^p, so E(w/‖w‖) = E(w)/‖w‖^{2p}. Zero columns get energy 0. ``S``
@@ -72,7 +72,7 @@ def fourier_max_energy(M: int, k: int) -> float:
     For w = [u; ±Pu] with u_m = a cos(2πkm/M) + b sin(2πkm/M) (P: e_h -> e_{−h}), normalised:
     Ỹᵀσ(Xw) has class profile ∝ cos(2πkc/M + φ) and E = M/4 when 2k ≢ 0 (mod M), M/2 for the
     real irrep k = M/2 (even M), 0 for k ≡ 0. The paper prints M/16 and M/8 (a factor dropped in
-    its proof's cross term, SPEC §4); the ratio 2 between the two kinds is the same.
+    its proof's cross term, docs/theory.md §4); the ratio 2 between the two kinds is the same.
 
     Raises:
         ValueError: on M < 2.
@@ -113,7 +113,7 @@ def irrep_max_energies(x: torch.Tensor, y: torch.Tensor, Q: torch.Tensor, block_
                        lr: float = 1.0, seed: int = 0) -> torch.Tensor:
     """Per irrep block b, the largest E over unit w whose two halves lie in block b (B,), float64.
 
-    The reference energies of exact maxima on the rows given (SPEC §6.6): Theorem 2's maxima are
+    The reference energies of exact maxima on the rows given (docs/theory.md §6.6): Theorem 2's maxima are
     w = [u; ±Pu] with u in one irrep, so projected gradient ascent (as :func:`ascend_energy`) is
     run inside span{[Q_b; 0], [0; Q_b]} from ``starts`` seeded random points per block, all blocks
     at once. For Z_M, the full table and σ = x² this gives :func:`fourier_max_energy`.
