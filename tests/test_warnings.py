@@ -17,7 +17,7 @@ import pytest
 from train_subprocess import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-WARNING_LINE = re.compile(r"Warning|\.py:\d+: ")
+WARNING_LINE = re.compile(r"Warning|WARNING|\.py:\d+: ")
 
 
 def _run(tmp_path, *extra):

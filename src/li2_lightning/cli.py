@@ -283,6 +283,7 @@ class Li2CLI(LightningCLI):
         self._announce()
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                _quiet_wandb_init(logger)
                 # the W&B config gets model and data hparams by itself; add the rest
                 cfg = self.config.get(self.subcommand, self.config)
                 model_cfg = cfg.get("model", {})
@@ -297,11 +298,28 @@ class Li2CLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 mode = os.environ.get("WANDB_MODE", "online")
-                print(f"W&B run ({mode}) written to {os.path.dirname(logger.experiment.dir)}"
+                folder = os.path.dirname(logger.experiment.dir)
+                if mode == "disabled" or not os.path.isdir(folder):
+                    continue  # a disabled run writes nothing: no path to point at
+                print(f"W&B run ({mode}) written to {folder}"
                       + ("; upload it later with `wandb sync` on that folder" if mode == "offline" else ""))
         self._announce()
 
     after_validate = after_test = _announce
+
+
+def _quiet_wandb_init(logger: WandbLogger) -> None:
+    """Remove two W&B warnings every run printed, before the W&B run starts.
+
+    The run folder is made first (W&B warns "git root ... does not exist" when its save_dir is not
+    there yet), and Lightning's ``anonymous=None`` is dropped from the init arguments (wandb 0.31
+    warns that the setting has no effect whenever it is passed, even as None).
+    """
+    if logger.save_dir:
+        os.makedirs(logger.save_dir, exist_ok=True)
+    init_args = getattr(logger, "_wandb_init", None)  # Lightning keeps wandb.init's kwargs here
+    if isinstance(init_args, dict) and init_args.get("anonymous") is None:
+        init_args.pop("anonymous", None)
 
 
 def _plain(value):
