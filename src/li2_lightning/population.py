@@ -738,7 +738,9 @@ class PopulationModule(pl.LightningModule):
                            "val/acc_mean": h[:, 3].nanmean()}, batch_size=1)
         thr = self.hparams.stop_at_test_acc
         if thr is not None and (epoch + 1) % self.hparams.check_every == 0 and self._steps >= 1:
-            if bool((self.measure()[:, 3] >= thr).all()):
+            reached = bool((self.measure()[:, 3] >= thr).all())
+            # across devices (population_ddp) each rank holds some members: stop when all have reached it
+            if self.trainer.strategy.reduce_boolean_decision(reached, all=True):
                 self._stopped_early = True
                 self.trainer.should_stop = True
 
@@ -887,16 +889,29 @@ def coverage(W: torch.Tensor, basis, purity_threshold: float = 0.9) -> dict:
 
 
 def train_population(module: PopulationModule, max_epochs: int, accelerator: str = "auto",
-                     devices: Union[int, str] = 1, precision=None, callbacks=None) -> list[dict]:
+                     devices: Union[int, str, list] = 1, precision=None, callbacks=None,
+                     strategy: Union[str, pl.strategies.Strategy, None] = None) -> list[dict]:
     """Fit ``module`` for ``max_epochs`` full-batch steps with a quiet Trainer; return its results.
+
+    With ``devices`` asking for more than one device or process (``2``, ``[0, 1]``; on CPU, N
+    processes with gloo), the members are spread over them by
+    :class:`~li2_lightning.population_ddp.MemberParallelStrategy` (each rank trains its own members,
+    no gradient exchange) unless ``strategy`` names another; the results are the whole population's.
 
     On CPU, call ``torch.set_flush_denormal(True)`` first for long runs (``li2 sweep`` does): late
     in training Adam's second moments of dead nodes become subnormal floats, and x86 arithmetic on
     them slowed a Z89 population 40-fold.
     """
+    n_devices = len(devices) if isinstance(devices, (list, tuple)) else (
+        int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1)
+    if strategy is None and n_devices > 1:
+        from li2_lightning.population_ddp import MemberParallelStrategy
+
+        strategy = MemberParallelStrategy()
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=callbacks, **({"precision": precision} if precision else {}))
+                         callbacks=callbacks, **({"precision": precision} if precision else {}),
+                         **({"strategy": strategy, "use_distributed_sampler": False} if strategy else {}))
     trainer.fit(module)
     return module.results()
