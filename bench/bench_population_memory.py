@@ -2,8 +2,8 @@
 
 Each size trains in a fresh process (Z41, K 256, train fraction 0.4, 5 epochs); the measured value is
 the process's peak resident memory (VmHWM) minus its resident memory just before the population is
-built. The estimate is what ``li2 sweep`` plans with: ``SAFETY × (data + S × (model + max(train step,
-val step)))`` from ``memory.estimate_bytes``.
+built. The estimate is what ``li2 sweep`` plans with, ``memory.population_bytes``: ``POPULATION_FIXED +
+SAFETY × data + S × MEMBER_FACTOR × (model + max(train step, val step))`` of ``memory.estimate_bytes``.
 
     python bench/bench_population_memory.py [--group Z41] [--K 256] [--sizes 4 16 64]
 """
@@ -45,8 +45,7 @@ def main() -> None:
                              text=True, check=True).stdout.strip().splitlines()[-1]
         got = json.loads(out)
         M, n = got["M"], got["n"]
-        est = memory.estimate_bytes(M, args.K, n, M * M - n)
-        planned = memory.SAFETY * (est.data + S * (est.model + max(est.train_step, est.val_step)))
+        planned = memory.population_bytes(M, args.K, n, M * M - n, S)
         print(f"{S:>4} {planned / 1e6:>12.1f} {got['measured'] / 1e6:>12.1f} {planned / got['measured']:>18.2f}")
 
 

@@ -92,3 +92,45 @@ def test_estimate_bounds_the_measured_peak(group, M, K):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     est = estimate_bytes(M, K, r["n"], r["n_val"]).total
     assert r["grown"] <= est <= 3 * r["grown"], (est, r)
+
+
+def test_population_plan_is_the_documented_count():
+    from li2_lightning.memory import population_bytes
+
+    for M, K, n, S in [(41, 256, 672, 4), (97, 512, 3763, 64), (7, 8, 19, 1)]:
+        n_val = M * M - n
+        per_row = 4 * (4 * K + 5 * M)
+        member = 1.25 * (4 * 3 * M * K * 4 + max(n * per_row, 0.9 * n_val * per_row))
+        expected = 36e6 + SAFETY * 40 * M * M + S * member
+        assert population_bytes(M, K, n, n_val, S) == pytest.approx(expected, rel=1e-9, abs=S + 4)  # int parts
+
+
+_POP_PEAK = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+from li2_lightning.population import MemberSettings, PopulationModule, train_population
+import lightning.pytorch
+S = int(sys.argv[1])
+before = rss("VmRSS:")
+module = PopulationModule(group="Z41", K=256, members=[MemberSettings(seed=s, train_fraction=0.4) for s in range(S)],
+                          analyze=False)
+train_population(module, 5, accelerator="cpu")
+print(json.dumps({"grown": rss("VmHWM:") - before, "n": module.n_trains[0]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("S", [4, 64])
+def test_population_plan_brackets_the_measured_peak(S):
+    """The sweep's plan for S members lies between the measured peak and 1.5 times it (Z41, K 256)."""
+    from li2_lightning.memory import population_bytes
+
+    out = subprocess.run([sys.executable, "-c", _POP_PEAK, str(S)], capture_output=True, text=True, check=True,
+                         timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    plan = population_bytes(41, 256, r["n"], 41 * 41 - r["n"], S)
+    assert r["grown"] <= plan <= 1.5 * r["grown"], (plan, r)

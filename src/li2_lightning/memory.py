@@ -31,6 +31,12 @@ VAL_FACTOR = 0.9  # a no-grad validation step keeps nearly as much (measured: th
 DATA_PER_PAIR = 8 + 8 + 24  # table entry, split index, x (2 int64) + y (int64): bytes per pair
 SAFETY = 1.5
 FLOAT = 4
+#: a population (``li2 sweep``): the Trainer's and autograd's own allocations at the first step, whatever S
+POPULATION_FIXED = 36_000_000
+#: a population member costs about 1.25 × one run's model and step (stacked tensors, no allocator slack
+#: per member); with POPULATION_FIXED the plan measured 1.40, 1.03, 1.22 × the peak for S = 4, 16, 64
+#: (bench/bench_population_memory.py, Z41 K 256)
+MEMBER_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,23 @@ def estimate_bytes(
         train_step=FLOAT * b * (ROW_K * K + ROW_M * M),
         val_step=int(VAL_FACTOR * FLOAT * n_val * (ROW_K * K + ROW_M * M)),
     )
+
+
+def population_bytes(M: int, K: int, n_rows: int, n_val: int, S: int, optimizer_slots: int = 2) -> int:
+    """Planned peak memory of a population of S members trained together (``PopulationModule``).
+
+    ``POPULATION_FIXED + SAFETY × data + S × MEMBER_FACTOR × (model + max(train step, val step))``
+    of :func:`estimate_bytes` (each member counted at the largest train size). The fixed term and
+    the per-member factor were fitted so that the plan lies between the measured peak and 1.5 times it
+    for S = 4, 16 and 64 (bench/bench_population_memory.py).
+    """
+    est = estimate_bytes(M, K, n_rows, n_val, None, optimizer_slots)
+    return int(POPULATION_FIXED + SAFETY * est.data + S * member_bytes(est))
+
+
+def member_bytes(est: MemoryEstimate) -> float:
+    """What one more population member adds to :func:`population_bytes`."""
+    return MEMBER_FACTOR * (est.model + max(est.train_step, est.val_step))
 
 
 def available_bytes(device: str = "cpu") -> int:
