@@ -507,7 +507,9 @@ def run_population(members: list[dict], spec: dict, bar=None) -> list[dict]:
     rows = train_population(module, max_epochs,
                             accelerator=spec.get("accelerator", "auto"), devices=spec.get("devices", 1),
                             precision=spec.get("precision"),
-                            callbacks=[_epoch_progress(bar, label, max_epochs)] if bar is not None else None)
+                            # across processes the Trainer is pickled: no progress bar callback then
+                            callbacks=([_epoch_progress(bar, label, max_epochs)]
+                                       if bar is not None and spec.get("devices", 1) in (1, None) else None))
     elapsed = time.time() - t0
     # (S, epochs) each; float32 values in their shortest decimal form (exact in float32, short JSON)
     curves = {k: [[float(str(x)) for x in member] for member in v.T.numpy()]
@@ -738,8 +740,11 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
               accelerator: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
               storage: Optional[str] = None, workers: int = 1, heartbeat_interval: int = 20,
               grace_period: int = 60, export: bool = True, threads: Optional[int] = None,
-              wandb_project: Optional[str] = None) -> int:
+              wandb_project: Optional[str] = None, devices: Optional[int] = None) -> int:
     """Run every pending point of a sweep file; returns the number of points trained by this process.
+
+    ``devices`` > 1 (or the file's ``devices``) spreads each population's members over that many
+    devices or processes (``population_ddp``; populations without a ``policy``).
 
     With ``workers`` > 1, starts that many worker processes (this process trains nothing) and
     returns 0; their exit status is checked.
@@ -752,6 +757,8 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
     sweep = Sweep(path, storage, population_size, accelerator, results, heartbeat_interval, grace_period,
                   wandb_project)
     spec = sweep.spec
+    if devices:
+        spec["devices"] = devices
     print(f"li2 sweep {spec['name']}: {len(sweep.points)} points in {len(sweep.studies)} group(s), "
           f"{sweep.pending()} to run; store {sweep.store.path or sweep.store.url}", file=sys.stderr)
     trained = 0
@@ -760,7 +767,8 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
                "--results", spec["results"], "--no-export", "--heartbeat-interval", str(heartbeat_interval),
                "--grace-period", str(grace_period)] + (["--no-progress"] if not progress else [])
         for flag, value in (("--population-size", population_size), ("--accelerator", accelerator),
-                            ("--limit", limit), ("--threads", threads), ("--wandb", wandb_project)):
+                            ("--limit", limit), ("--threads", threads), ("--wandb", wandb_project),
+                            ("--devices", devices)):
             if value is not None:
                 cmd += [flag, str(value)]
         procs = [subprocess.Popen(cmd) for _ in range(workers)]
@@ -900,6 +908,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--population-size", type=int, help="override the file's population_size")
     parser.add_argument("--accelerator", help="override the file's accelerator (cpu, gpu, auto, ...)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--devices", type=int, help="spread each population over N devices or processes "
+                                                    "(override the file's devices; default 1)")
     parser.add_argument("--limit", type=int, help="run at most this many populations, then stop")
     parser.add_argument("--heartbeat-interval", type=int, default=20, help="seconds between heartbeats")
     parser.add_argument("--grace-period", type=int, default=60,
@@ -946,7 +956,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         run_sweep(args.file, args.results, args.population_size, args.accelerator, args.limit,
                   progress=not args.no_progress, storage=args.storage, workers=args.workers,
                   heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                  export=not args.no_export, threads=args.threads, wandb_project=args.wandb)
+                  export=not args.no_export, threads=args.threads, wandb_project=args.wandb,
+                  devices=args.devices)
     except (ValueError, StoreError) as err:
         parser.exit(2, f"li2 sweep: error: {err}\n")
     except UnrecordedResults as err:
