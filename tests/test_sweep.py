@@ -198,14 +198,16 @@ def test_diverged_member_is_flagged():
 
 
 def test_population_size_from_memory():
-    from li2_lightning.memory import SAFETY, estimate_bytes
+    from li2_lightning.memory import POPULATION_FIXED, SAFETY, estimate_bytes, member_bytes, population_bytes
     from li2_lightning.sweep import population_size_for
 
     members = [{"group": "Z7", "K": 8, "seed": s} for s in range(40)]
     n = 19  # 40% of 49 pairs
     est = estimate_bytes(7, 8, n, 49 - n)
-    per = SAFETY * (est.model + max(est.train_step, est.val_step))
-    assert population_size_for(members, available=int(SAFETY * est.data + 5.5 * per)) == 5
+    per = member_bytes(est)
+    fixed = POPULATION_FIXED + SAFETY * est.data
+    assert population_size_for(members, available=int(fixed + 5.5 * per)) == 5
+    assert population_bytes(7, 8, n, 49 - n, 5) <= int(fixed + 5.5 * per) < population_bytes(7, 8, n, 49 - n, 6)
     assert population_size_for(members, available=10**12) == 32
     with pytest.raises(ValueError, match="free"):
-        population_size_for(members, available=int(SAFETY * est.data + 0.5 * per))
+        population_size_for(members, available=int(fixed + 0.5 * per))

@@ -421,8 +421,8 @@ def population_size_for(members: list[dict], available: Optional[int] = None,
                         cap: int = DEFAULT_POPULATION_CAP, device: str = "cpu") -> int:
     """The most members of this group that fit in free memory together (at most ``cap``).
 
-    Each member is counted as ``memory.estimate_bytes`` of its largest train size; the group's
-    data is counted once.
+    The plan is ``memory.population_bytes``: a fixed part, the group's data once, and each member at
+    ``memory.member_bytes`` of its largest train size.
 
     Raises:
         ValueError: if not even one member fits, before anything is allocated.
@@ -437,8 +437,9 @@ def population_size_for(members: list[dict], available: Optional[int] = None,
     n = max(resolve_n_train(M, m.get("train_fraction"), m.get("n_train"), m.get("p_star_multiplier"),
                             m.get("p_star_c", P_STAR_C)) for m in members)
     est = memory.estimate_bytes(M, K, n, M * M - n)
-    per_member = memory.SAFETY * (est.model + max(est.train_step, est.val_step))
-    free = (memory.available_bytes(device) if available is None else available) - memory.SAFETY * est.data
+    per_member = memory.member_bytes(est)
+    free = ((memory.available_bytes(device) if available is None else available)
+            - memory.SAFETY * est.data - memory.POPULATION_FIXED)
     S = int(free // per_member)
     if S < 1:
         raise ValueError(f"one member of group {first['group']} (M={M}, K={K}, {n} train pairs) needs about "
