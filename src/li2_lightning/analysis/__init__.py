@@ -1,4 +1,4 @@
-"""Pure tensor functions for the Li2 analysis (SPEC §3-§6).
+"""Pure tensor functions for the Li2 analysis (docs/theory.md §3-§6).
 
 - :mod:`~li2_lightning.analysis.gradients`: F, G_F (autograd and closed forms, Eq. 2), η_eff,
   V_ridge, G_F(∞) (Eq. 4) and the stage observables (alignment, independence, FFᵀ isotropy,

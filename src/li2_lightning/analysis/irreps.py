@@ -1,6 +1,6 @@
 """Irreducible representations of a finite group, computed numerically from its Cayley table.
 
-Li2 measures features in the irrep decomposition of the regular representation (SPEC §4-§6,
+Li2 measures features in the irrep decomposition of the regular representation (docs/theory.md §4-§6,
 paper Eq. 20, Theorems 2 and 7). This module turns a Cayley table ``table[a, b] = index of a·b``
 into
 
