@@ -11,6 +11,7 @@ CALLBACKS ?= callbacks/li2.yaml
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	rm -rf src/*.egg-info  # build metadata; the editable install keeps its own in .venv
 	touch $(STAMP)
 
 install: $(STAMP)
