@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -130,8 +131,9 @@ def run_fig3(out: Path) -> None:
     (out / "fig3_wd0.json").write_text(json.dumps(res, indent=1))
 
 
-def replay(observations: list[dict], confirm: int, val_flat_stall: bool = False) -> tuple[str, int]:
-    """The policy's decision on recorded observations: (stop reason, stop epoch) or ("budget", -1).
+def replay(observations: list[dict], confirm: int, val_flat_stall: bool = False) -> tuple[str, int, Optional[float]]:
+    """The policy's decision on recorded observations: (stop reason, stop epoch, test acc at the
+    stop), or ("budget", -1, None).
 
     ``val_flat_stall``: the variant proposed for the a_G signal's rule 2, which calls a run stalled
     only while its test accuracy is also flat over the window (Δ below generalization_gain × (1 −
@@ -150,11 +152,11 @@ def replay(observations: list[dict], confirm: int, val_flat_stall: bool = False)
                                          new_mem.val_history, new_mem.delta_val_acc)
         stage, mem = new, new_mem
         run = run + 1 if stage is Stage.STALLED else 0
-        if stage is Stage.DONE:
-            return "done", obs.epoch + 1
+        if stage is Stage.DONE:  # the check at epoch e reads test acc at θ_{e+1}, where the member stops
+            return "done", obs.epoch + 1, obs.val_acc
         if run >= confirm:
-            return "stalled", obs.epoch + 1
-    return "budget", -1
+            return "stalled", obs.epoch + 1, obs.val_acc
+    return "budget", -1, None
 
 
 def _read(path: Path) -> list[dict]:
@@ -248,19 +250,14 @@ def report(out: Path) -> str:
     if obs_path.exists():
         ob = {(r["group"], r["p_star_multiplier"], r["weight_decay"], r["seed"]): r for r in _read(obs_path)}
         ks = [k for k in keys if k in ob]
-        same = sum((replay(ob[k]["stage_observations"], POLICY["confirm"])[0], replay(ob[k]["stage_observations"],
-                    POLICY["confirm"])[1]) == (on[k]["stop_reason"], on[k]["stop_epoch"] if on[k]["stop_reason"]
-                                               != "budget" else -1) for k in ks)
+        same = sum(replay(ob[k]["stage_observations"], POLICY["confirm"])[:2] == (
+            on[k]["stop_reason"], on[k]["stop_epoch"] if on[k]["stop_reason"] != "budget" else -1) for k in ks)
 
-        def acc_at(k, epoch):  # test accuracy at θ_epoch of the full run (val/acc[e] is at θ_{e+1})
-            v = ob[k]["val_acc"]
-            return v[min(epoch, len(v)) - 1] if epoch > 0 else None
-
-        def calls(variant):
+        def calls(variant, confirm):
             agree, stops, epochs, wrong = 0, 0, 0, []
             for k in ks:
-                reason, e = replay(ob[k]["stage_observations"], POLICY["confirm"], variant)
-                acc = ob[k]["final_test_acc"] if reason == "budget" else acc_at(k, e)
+                reason, e, acc = replay(ob[k]["stage_observations"], confirm, variant)
+                acc = ob[k]["final_test_acc"] if reason == "budget" else acc
                 agree += call(off[k]) == (acc is not None and acc >= GENERALIZES)
                 stops += reason == "stalled"
                 epochs += FIXED["max_epochs"] if reason == "budget" else e
@@ -272,14 +269,16 @@ def report(out: Path) -> str:
                   f"`--mode observe` trains every point its whole budget with the rule recording each observation"
                   f" ({len(ks)} points with a test set). Replaying the policy on them gives the on-run's decision"
                   f" (reason and stop epoch) for {same}/{len(ks)} points (members are independent of their"
-                  " population up to float rounding of padded sums). The same trajectories under a variant of"
-                  " rule 2 for the a_G signal (stalled only while test accuracy is also flat, as the feature"
-                  " signals require):", "",
-                  "| rule 2 | calls agreeing with off | stalled stops | member-epochs (these points) | wrong stops |",
-                  "|---|---|---|---|---|"]
+                  " population up to float rounding of padded sums). The same trajectories under longer"
+                  " confirmation windows, and under a variant of rule 2 for the a_G signal (a run enters the"
+                  " stall only while its test accuracy is also flat over the window, as the feature signals"
+                  " require):", "",
+                  "| rule 2 | confirm | calls agreeing with off | stalled stops | member-epochs (these points) |"
+                  " wrong stops |", "|---|---|---|---|---|---|"]
         for name, variant in (("as in stages.py", False), ("+ test accuracy flat", True)):
-            a, st_, ep, wr = calls(variant)
-            lines.append(f"| {name} | {a}/{len(ks)} | {st_} | {ep} | {len(wr)} {wr if wr else ''} |")
+            for confirm in (POLICY["confirm"], 5, 10):
+                a, st_, ep, wr = calls(variant, confirm)
+                lines.append(f"| {name} | {confirm} | {a}/{len(ks)} | {st_} | {ep} | {len(wr)} {wr if wr else ''} |")
     f3 = out / "fig3_wd0.json"
     if f3.exists():
         d = json.loads(f3.read_text())
