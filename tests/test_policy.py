@@ -279,12 +279,19 @@ def test_sweep_with_policy_refills_and_tells_every_point(tmp_path):
             "grid": {"seed": [0, 1, 2, 3, 4]}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert run_sweep(path, progress=False) == 5  # one population of 2 slots took all 5 points
-    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    import logging
+
+    levels = {n: logging.getLogger(n).level for n in ("lightning.pytorch", "lightning.fabric")}
+    try:  # run_sweep quiets Lightning's loggers for the process; later tests read its INFO records
+        assert run_sweep(path, progress=False) == 5  # one population of 2 slots took all 5 points
+        rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+        assert run_sweep(path, progress=False) == 0  # every point told: nothing to rerun
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
     assert sorted(r["id"] for r in rows) == sorted(point_id(p) for p in expand(load_sweep(path)))
     assert all(r["stop_reason"] in ("done", "stalled", "budget") and r["epochs"] <= 15 for r in rows)
     assert all(len(r["curves"]["val/acc"]) == r["epochs"] and r["outcome"] == "finished" for r in rows)
-    assert run_sweep(path, progress=False) == 0
     bad = dict(spec, policy={"mode": "stop-now"})
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ValueError, match="policy"):
