@@ -747,6 +747,10 @@ class PopulationModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._grow_history()
         if self._dynamic:
+            if self.trainer.world_size > 1:  # each rank would refill and report its own slots
+                raise ValueError(f"a population with a policy, member budgets or refill (configure_members) runs on "
+                                 f"one device, but the Trainer has {self.trainer.world_size} processes; accepted: "
+                                 "devices=1 (several sweep workers spread the points instead)")
             opt = self.trainer.optimizers[0]
             opt.active = self._active
             opt.member_step = torch.zeros(self.S, dtype=torch.float64)
