@@ -179,7 +179,8 @@ def is_done(obs: Observation, th: Thresholds) -> bool:
 
 def is_stalled(obs: Observation, peak: float, dp: Optional[float], th: Thresholds,
                dval: Optional[float] = None) -> bool:
-    """Rule 2: a_G rose to ``align_high``, has fallen to ``stall_align`` × peak, features flat.
+    """Rule 2: a_G rose to ``align_high``, has fallen to ``stall_align`` × peak, features and test
+    accuracy flat (Δ test accuracy over the window below ``generalization_gain`` × (1 − chance) / 10).
 
     With the feature signals: the run has no weight decay (known), the top layer fits, and over
     the window neither purity (|Δpurity| < ``purity_flat``) nor test accuracy (Δ below
@@ -190,7 +191,10 @@ def is_stalled(obs: Observation, peak: float, dp: Optional[float], th: Threshold
     if not obs.a_G_signal:
         return ((obs.weight_decay is False) & fitted(obs, th) & (abs(dp) < th.purity_flat)
                 & (dval is None or dval < _val_flat(obs, th)))
-    return (peak >= th.align_high) & (obs.a_G <= th.stall_align * peak) & (abs(dp) < th.purity_flat)
+    # test accuracy must be flat too: a run whose test accuracy still creeps up (S4 without weight
+    # decay, 0.86 -> 0.99 over 300 epochs) is slow, not stalled
+    return ((peak >= th.align_high) & (obs.a_G <= th.stall_align * peak) & (abs(dp) < th.purity_flat)
+            & (dval is None or dval < _val_flat(obs, th)))
 
 
 def resumes(obs: Observation, peak: float, dp: Optional[float], th: Thresholds,
