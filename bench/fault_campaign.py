@@ -98,6 +98,9 @@ def run_case(case: Case, base: Path) -> dict:
         out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
     elapsed = time.monotonic() - t0
     after = _digest(work)
+    for mount in work.glob("disk"):
+        if mount.is_mount():
+            subprocess.run(["umount", "-l", str(mount)])
     lost = sorted(k for k, v in before.items() if after.get(k) != v)
     new = sorted(set(after) - set(before))
     line = last_line(out)
@@ -354,6 +357,79 @@ def sweep_cases() -> list[Case]:
     return cases
 
 
+def more_cases() -> list[Case]:
+    """Concurrent runs, full disks, and the remaining input and subcommand edges."""
+    import yaml
+
+    tiny_sweep = {"fixed": {"group": "Z5", "K": 8, "max_epochs": 3}, "grid": {"seed": [0, 1, 2, 3, 4, 5]}}
+
+    def two_at_once(cmd_a: list[str], cmd_b: list[str]) -> Callable[[Path], list[str]]:
+        script = ("import subprocess, sys\n"
+                  f"ps = [subprocess.Popen(c) for c in ({cmd_a!r}, {cmd_b!r})]\n"
+                  "sys.exit(max(p.wait() for p in ps))\n")
+        return lambda w: [PY, "-c", script]
+
+    def two_run_folders(w: Path, _proc) -> Optional[str]:
+        configs = sorted(w.rglob("config.yaml"))
+        ckpts = sorted(w.rglob("last.ckpt"))
+        return None if len(configs) == 2 and len(ckpts) == 2 else f"{len(configs)} configs, {len(ckpts)} last.ckpt"
+
+    def sweep_rows_once(n: int) -> Callable[[Path, subprocess.CompletedProcess], Optional[str]]:
+        def check(w: Path, _proc) -> Optional[str]:
+            rows = [json.loads(x) for x in (w / "s.jsonl").read_text().splitlines() if x.strip()]
+            ids = [r["id"] for r in rows]
+            return None if len(ids) == n and len(set(ids)) == n else f"{len(ids)} rows, {len(set(ids))} ids"
+        return check
+
+    def mount_small(size: str) -> Callable[[Path], None]:
+        def setup(w: Path) -> None:
+            (w / "disk").mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(w / "disk")], check=True)
+        return setup
+
+    sweep_yaml = write("s.yaml", yaml.safe_dump(tiny_sweep))
+    fit_cmd = [*TRAIN, "fit", "--config", DEFAULT, *TINY, "--trainer.max_epochs", "4"]
+    table = {"name": "Z3-json", "table": [[(i + j) % 3 for j in range(3)] for i in range(3)]}
+    return [
+        Case("concurrent-two-fits-one-config", "concurrent", two_at_once(fit_cmd, fit_cmd), "ok",
+             check=two_run_folders, timeout=300),
+        Case("concurrent-two-sweeps-one-file", "concurrent",
+             lambda w: [PY, "-c", "import subprocess, sys\n"
+                        f"c = {[*LI2, 'sweep']!r} + [{str('s.yaml')!r}, '--no-progress']\n"
+                        "ps = [subprocess.Popen(c) for _ in range(2)]\nsys.exit(max(p.wait() for p in ps))\n"],
+             "ok", setup=sweep_yaml, check=sweep_rows_once(6), timeout=300),
+        Case("disk-full-checkpoint", "disk",
+             lambda w: [*TRAIN, "fit", "--config", DEFAULT, "--trainer.max_epochs", "120", "--model.K", "512",
+                        "--trainer.default_root_dir", str(w / "disk" / "run")],
+             "error", ("space",), setup=mount_small("700k"), timeout=300),
+        Case("sweep-results-under-a-file", "sweep", lambda w: [*LI2, "sweep", str(w / "s.yaml"), "--no-progress",
+                                                              "--results", str(w / "afile" / "r.jsonl")],
+             "error", ("afile",), setup=lambda w: (sweep_yaml(w), (w / "afile").write_text("x"))),
+        Case("sweep-missing-file", "sweep", lambda w: [*LI2, "sweep", str(w / "none.yaml")], "error", ("none.yaml",)),
+        Case("sweep-workers-0", "sweep", lambda w: [*LI2, "sweep", str(w / "s.yaml"), "--workers", "0"], "error",
+             ("workers",), setup=sweep_yaml),
+        Case("sweep-fit-command-range", "sweep", lambda w: [*LI2, "sweep", str(w / "s.yaml"), "--fit-command", "99"],
+             "error", ("99",), setup=sweep_yaml),
+        Case("sweep-dry-run", "sweep", lambda w: [*LI2, "sweep", str(w / "s.yaml"), "--dry-run"], "ok",
+             setup=sweep_yaml),
+        Case("report-ok", "report", lambda w: [*LI2, "report", str(ROOT / "results" / "fig3_wd_cpu.jsonl"), "--out",
+                                               str(w / "rep")], "ok",
+             check=lambda w, p: None if any((w / "rep").glob("*.png")) else "no figure written", timeout=300),
+        Case("input-pstar-0", "input", fit("--data.train_fraction", "null", "--data.p_star_multiplier", "0"),
+             "error", ("p_star_multiplier",)),
+        Case("input-V-init-nan", "input", fit("--model.V_init_scale", "nan"), "error", ("V_init_scale",)),
+        Case("input-predict-pairs-bad", "input",
+             lambda w: [*TRAIN, "predict", "--config", DEFAULT, *TINY, "--data.predict_pairs", "[[99, 0]]"],
+             "error", ("predict_pairs",)),
+        Case("input-hidden-layers-0", "input", fit("--model.hidden_layers", "0"), "error", ("hidden_layers",)),
+        Case("input-top-layer-bad", "input", fit("--model.top_layer", "frozen"), "error", ("top_layer",)),
+        Case("groupfile-valid-json", "group-file", fit("--data.group", "g.json", "--trainer.max_epochs", "2"), "ok",
+             setup=write("g.json", json.dumps(table)), timeout=120),
+        Case("fit-batch-size-ok", "input", fit(*TINY, "--data.batch_size", "7"), "ok", timeout=120),
+        Case("test-subcommand-ok", "input", lambda w: [*TRAIN, "test", "--config", DEFAULT, *TINY], "ok", timeout=120),
+    ]
+
+
 def sigterm_case() -> Case:
     """SIGTERM must end a run with a non-zero status, so a scheduler does not see it as finished."""
 
@@ -369,7 +445,7 @@ def sigterm_case() -> Case:
 
 def all_cases(scratch: Path) -> list[Case]:
     return [*input_cases(), *group_file_cases(), *config_cases(), *checkpoint_cases(scratch), *sweep_cases(),
-            sigterm_case()]
+            *more_cases(), sigterm_case()]
 
 
 # ---------------------------------------------------------------------------------------------- kill loop
