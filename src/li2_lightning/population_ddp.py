@@ -37,19 +37,6 @@ def member_slots(S: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, S, world_size))
 
 
-def _take(module, slots: list[int]) -> None:
-    """Cut ``module`` (not yet fitted) to the members ``slots``, in that order."""
-    idx = torch.tensor(slots, dtype=torch.long)
-    for p in (module.W, module.V, *module.U):
-        p.data = p.data.index_select(0, idx.to(p.device))
-    for name in ("members", "split_seeds", "n_trains"):
-        setattr(module, name, [getattr(module, name)[i] for i in slots])
-    for prefix in ("tr", "te"):
-        module._row_lists[prefix] = [module._row_lists[prefix][i] for i in slots]
-        module._register_rows(prefix, module._row_lists[prefix])
-    module.S = len(slots)
-
-
 class MemberParallelStrategy(DDPStrategy):
     """``DDPStrategy`` without ``DistributedDataParallel``: each rank trains its own members.
 
@@ -92,7 +79,7 @@ class MemberParallelStrategy(DDPStrategy):
         if self._full is None:  # the original population, to restore the order at the end
             self._full = {"S": module.S, "members": list(module.members), "split_seeds": list(module.split_seeds),
                           "n_trains": list(module.n_trains), "rows": {k: list(v) for k, v in module._row_lists.items()}}
-        _take(module, member_slots(module.S, self.global_rank, self.world_size))
+        module.keep_members(member_slots(module.S, self.global_rank, self.world_size))
         super().setup(trainer)
 
     def configure_ddp(self) -> None:
