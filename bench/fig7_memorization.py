@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fig6_lr_boundary import outcome, outcome_table  # noqa: E402
-from fig8_fair import run_points  # noqa: E402  (the shared population runner)
+from fig8_fair import _load, run_points  # noqa: E402  (the shared population runner)
 
 SETTING = ("group", "K", "weight_decay", "p_star_multiplier", "epochs")
 
@@ -95,14 +95,19 @@ def main() -> None:
     parser.add_argument("--eval_every", type=int, default=10)
     parser.add_argument("--population_size", type=int, default=64)
     parser.add_argument("--out", default=None, help="JSONL file for the rows (appended; finished rows skipped)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing; print the tables for every row in --out (the union of earlier grids)")
     args = parser.parse_args()
 
     points = [dict(group=g, K=K, epochs=args.epochs, optimizer="adam", p_star_multiplier=m, lr=lr, weight_decay=wd,
                    seed=s)
               for g in args.groups for K in args.Ks for m in args.multipliers for wd in args.weight_decays
               for lr in args.lrs for s in args.seeds]
-    rows = run_points(points, args.out, args.population_size, args.eval_every, curves=True)
-    print(f"\nAdam, seeds {args.seeds}; general = final test acc >= {args.general_acc}, memorized = final train acc "
+    if args.report_only:
+        rows = sorted(_load(args.out).values(), key=lambda r: tuple(r["point"][k] for k in SETTING + ("lr", "seed")))
+    else:
+        rows = run_points(points, args.out, args.population_size, args.eval_every, curves=True)
+    print(f"\nAdam, seeds {sorted({r['seed'] for r in rows})}; general = final test acc >= {args.general_acc}, memorized = final train acc "
           ">= 0.99 and test acc < 0.5; E = mean normalized node energy on the train rows\n")
     print("\n".join(outcome_table(rows, SETTING + ("lr",), args.general_acc)))
     print("\nAt equal lr × epochs (each lr at epoch lr_min · epochs / lr):\n")
