@@ -18,7 +18,7 @@ from li2_lightning.data import train_size_settings
 from li2_lightning.hooks import HookPoint
 from li2_lightning.losses import check_loss, loss_sum
 from li2_lightning.memory import check_fits
-from li2_lightning.nets import TwoLayerNet, activation_fn, check_M_K, check_variant
+from li2_lightning.nets import NetSpec, TwoLayerNet, activation_fn, check_M_K
 from li2_lightning.probe import Li2Probe
 
 # The accepted names as types, so that the CLI's parser lists them in --help and refuses others at
@@ -117,7 +117,8 @@ class Li2Module(pl.LightningModule):
         check_M_K(2 if M is None else M, K)
         activation_fn(activation)
         check_loss(loss)
-        check_variant(activation, hidden_layers, complex_weights, top_layer, ridge_lambda, loss)
+        self.net_spec = NetSpec(activation, output_scale, hidden_layers, residual, complex_weights, top_layer,
+                                ridge_lambda).check_loss(loss)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "scheduler_monitor"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_monitor = scheduler_monitor
@@ -130,10 +131,9 @@ class Li2Module(pl.LightningModule):
     def _build(self, M: int) -> None:
         hp = self.hparams
         check_fits(M, hp.K, 1, optimizer_slots=0)  # the parameters alone, before they are allocated
-        variant = {k: hp.get(k, d) for k, d in (("hidden_layers", 1), ("residual", False), ("complex_weights", False),
-                                                ("top_layer", "learned"), ("ridge_lambda", 1e-3))}
-        self.net = TwoLayerNet(M, hp.K, hp.activation, hp.V_init_scale, hp.output_scale, **variant)
-        if variant["hidden_layers"] > 1 or variant["complex_weights"] or variant["top_layer"] == "ridge":
+        spec = self.net_spec
+        self.net = TwoLayerNet.from_spec(M, hp.K, spec, hp.V_init_scale)
+        if spec.hidden_layers > 1 or spec.complex_weights or spec.top_layer == "ridge":
             rank_zero_warn(_VARIANT_DIAGNOSTICS, category=UserWarning)
         # weighted means and counts that torchmetrics syncs across ranks: exact under DDP shards
         # A NaN must show, not be dropped; nan_strategy="disable" would also drop the weights

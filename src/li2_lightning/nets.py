@@ -6,6 +6,7 @@ The math lives in :mod:`li2_lightning.functional.model`; this module holds the p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from li2_lightning.functional import model as fm
 from li2_lightning.functional.model import check_M_K
 
-__all__ = ["ACTIVATIONS", "TOP_LAYERS", "TwoLayerNet", "activation_fn", "check_M_K", "check_variant"]
+__all__ = ["ACTIVATIONS", "TOP_LAYERS", "NetSpec", "TwoLayerNet", "activation_fn", "check_M_K", "check_variant"]
 
 #: How the top layer V is set: trained, or the ridge solution of the current features (§10).
 TOP_LAYERS = ("learned", "ridge")
@@ -32,27 +33,68 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return fm.check_activation(name).sigma
 
 
-def check_variant(activation: str, hidden_layers: int = 1, complex_weights: bool = False,
-                  top_layer: str = "learned", ridge_lambda: float = 1e-3, loss: str = "mse") -> None:
-    """Validate the model variant settings of docs/theory.md §10 (user input).
+@dataclass(frozen=True)
+class NetSpec:
+    """The network's settings that every net of a run (or every member of a population) shares.
+
+    One validation of the variant settings of docs/theory.md §10, at construction. The init scale
+    of V is not here: a population's members each have their own.
+
+    Args:
+        activation: ``"sqr"`` (x², default), ``"relu"``, ``"silu"`` or ``"relusqr"``.
+        output_scale: the output multiplier β in Ŷ = β F V.
+        hidden_layers: L ≥ 1 hidden layers; layers 2..L are K×K, bias-free.
+        residual: layers 2..L compute σ(F + F U) instead of σ(F U).
+        complex_weights: complex W, U and V (needs an activation defined on complex numbers).
+        top_layer: ``"learned"`` (V trained) or ``"ridge"`` (V the ridge solution of the features).
+        ridge_lambda: the ridge η of the ``"ridge"`` top layer.
 
     Raises:
-        ValueError: naming the setting: ``hidden_layers`` < 1, complex weights with a σ not defined on
-            complex numbers, an unknown ``top_layer``, a ridge top layer with a negative
-            ``ridge_lambda`` or with cross-entropy (no closed-form top layer).
+        ValueError: naming the setting: an unknown activation, ``hidden_layers`` < 1, complex
+            weights with a σ not defined on complex numbers, an unknown ``top_layer``, a ridge top
+            layer with a negative ``ridge_lambda``.
     """
-    fm.check_activation(activation)
-    fm.check_hidden_layers(hidden_layers)
-    if complex_weights:
-        fm.check_complex(activation)
-    if top_layer not in TOP_LAYERS:
-        raise ValueError(f"top_layer={top_layer!r} is not supported; accepted: {list(TOP_LAYERS)}")
-    if top_layer == "ridge":
-        if not isinstance(ridge_lambda, (int, float)) or ridge_lambda < 0:
-            raise ValueError(f"ridge_lambda={ridge_lambda!r} is not accepted; accepted: a number >= 0")
-        if loss != "mse":
+
+    activation: str = "sqr"
+    output_scale: float = 1.0
+    hidden_layers: int = 1
+    residual: bool = False
+    complex_weights: bool = False
+    top_layer: str = "learned"
+    ridge_lambda: float = 1e-3
+
+    def __post_init__(self) -> None:
+        fm.check_activation(self.activation)
+        fm.check_hidden_layers(self.hidden_layers)
+        if self.complex_weights:
+            fm.check_complex(self.activation)
+        if self.top_layer not in TOP_LAYERS:
+            raise ValueError(f"top_layer={self.top_layer!r} is not supported; accepted: {list(TOP_LAYERS)}")
+        if self.top_layer == "ridge" and (not isinstance(self.ridge_lambda, (int, float)) or self.ridge_lambda < 0):
+            raise ValueError(f"ridge_lambda={self.ridge_lambda!r} is not accepted; accepted: a number >= 0")
+
+    def check_loss(self, loss: str) -> "NetSpec":
+        """Refuse a loss this net cannot be trained with (a ridge top layer needs ``"mse"``); returns self.
+
+        Raises:
+            ValueError: on a ridge top layer with a loss other than ``"mse"``.
+        """
+        if self.top_layer == "ridge" and loss != "mse":
             raise ValueError(f"top_layer='ridge' with loss={loss!r}: the ridge top layer is the closed-form "
                              "minimiser of the squared error; accepted: loss='mse'")
+        return self
+
+
+def check_variant(activation: str, hidden_layers: int = 1, complex_weights: bool = False,
+                  top_layer: str = "learned", ridge_lambda: float = 1e-3, loss: str = "mse") -> None:
+    """Validate the model variant settings of docs/theory.md §10 (user input): :class:`NetSpec`'s
+    validation and :meth:`NetSpec.check_loss`.
+
+    Raises:
+        ValueError: as :class:`NetSpec` and :meth:`NetSpec.check_loss`.
+    """
+    NetSpec(activation, hidden_layers=hidden_layers, complex_weights=complex_weights, top_layer=top_layer,
+            ridge_lambda=ridge_lambda).check_loss(loss)
 
 
 class TwoLayerNet(nn.Module):
@@ -97,7 +139,7 @@ class TwoLayerNet(nn.Module):
     ) -> None:
         super().__init__()
         check_M_K(M, K)
-        check_variant(activation, hidden_layers, complex_weights, top_layer, ridge_lambda)
+        self.spec = NetSpec(activation, output_scale, hidden_layers, residual, complex_weights, top_layer, ridge_lambda)
         self.sigma = activation_fn(activation)
         self.M, self.K, self.activation = M, K, activation
         self.output_scale = float(output_scale)
@@ -117,6 +159,12 @@ class TwoLayerNet(nn.Module):
         self.W = nn.Parameter(W)
         self.V = nn.Parameter(V, requires_grad=top_layer == "learned")
         self.U = nn.ParameterList([nn.Parameter(U) for U in Us])
+
+    @classmethod
+    def from_spec(cls, M: int, K: int, spec: NetSpec, V_init_scale: float = 1.0) -> "TwoLayerNet":
+        """The net of ``spec`` on group order M with width K, V's init scaled by ``V_init_scale``."""
+        return cls(M, K, spec.activation, V_init_scale, spec.output_scale, spec.hidden_layers, spec.residual,
+                   spec.complex_weights, spec.top_layer, spec.ridge_lambda)
 
     def layer_weights(self) -> list[torch.Tensor]:
         """[W, U_2, ..., U_L, V]: every layer's weight, bottom to top."""

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from li2_lightning.data import P_STAR_C, resolve_n_train, split_pairs
 from li2_lightning.functional import model as fm
 from li2_lightning.groups import make_group
-from li2_lightning.nets import TwoLayerNet, check_variant
+from li2_lightning.nets import NetSpec, TwoLayerNet
 from li2_lightning.population.members import MemberLives
 from li2_lightning.population.optimizer import PopulationOptimizer
 from li2_lightning.population.results import PopulationResults
@@ -109,6 +109,9 @@ class PopulationModule(MemberLives, PopulationResults, pl.LightningModule):
                                    "stop_at_test_acc": stop_at_test_acc, "check_every": check_every,
                                    "eval_every": eval_every, "log_every_n_epochs": log_every_n_epochs,
                                    "analyze": analyze})
+        net_spec = NetSpec(activation, output_scale, hidden_layers, residual, complex_weights, top_layer, ridge_lambda)
+        fm.check_loss(loss)
+        self.net_spec = net_spec.check_loss(loss)
         self._check_settings(members, spec)
         self.grp = make_group(group)
         self.M = self.grp.order
@@ -130,9 +133,6 @@ class PopulationModule(MemberLives, PopulationResults, pl.LightningModule):
     def _check_settings(self, members: list[MemberSettings], spec: OptimizerSpec) -> None:
         """Refuse what ``Li2Module`` would refuse, and per-member settings the optimizer cannot take."""
         hp = self.hparams
-        fm.check_activation(hp.activation)
-        fm.check_loss(hp.loss)
-        check_variant(hp.activation, hp.hidden_layers, hp.complex_weights, hp.top_layer, hp.ridge_lambda, hp.loss)
         if hp.complex_weights and spec.name == "muon":
             raise ValueError("complex_weights=True with optimizer='muon': Muon's Newton-Schulz step is defined for "
                              "real matrices; accepted: 'adam', 'adamw' or 'sgd'")
@@ -150,11 +150,9 @@ class PopulationModule(MemberLives, PopulationResults, pl.LightningModule):
     def _draw_net(self, m: MemberSettings) -> TwoLayerNet:
         """Member ``m``'s net, drawn exactly as Li2Module's under ``seed_everything(m.seed)``; the
         global RNG is kept."""
-        hp = self.hparams
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(m.seed)
-            return TwoLayerNet(self.M, self.K, hp.activation, m.V_init_scale, hp.output_scale, hp.hidden_layers,
-                               hp.residual, hp.complex_weights, hp.top_layer, hp.ridge_lambda)
+            return TwoLayerNet.from_spec(self.M, self.K, self.net_spec, m.V_init_scale)
 
     def _draw_members(self) -> None:
         """The stacked parameters W (S, 2M, K), V (S, K, M), U (S, K, K) per layer 2..L."""
