@@ -262,7 +262,14 @@ class Li2CLI(LightningCLI):
     def _announce(self) -> None:
         _print0(f"li2: run folder {self.run_dir}")
 
-    before_validate = before_test = before_predict = _announce
+    def _start(self) -> None:
+        """Before any subcommand's loop: say where the run goes, and start W&B without warnings."""
+        self._announce()
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                _quiet_wandb_init(logger)
+
+    before_validate = before_test = before_predict = _start
 
     def after_predict(self) -> None:
         """Write the predictions (h1, h2, predicted h1·h2) as ``predictions.csv`` in the run folder."""
@@ -280,10 +287,9 @@ class Li2CLI(LightningCLI):
         self._announce()
 
     def before_fit(self) -> None:
-        self._announce()
+        self._start()
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
-                _quiet_wandb_init(logger)
                 # the W&B config gets model and data hparams by itself; add the rest
                 cfg = self.config.get(self.subcommand, self.config)
                 model_cfg = cfg.get("model", {})
