@@ -101,14 +101,9 @@ class PopulationModule(MemberLives, PopulationResults, pl.LightningModule):
         spec = optimizer if isinstance(optimizer, OptimizerSpec) else OptimizerSpec(**optimizer)
         if not members:
             raise ValueError("members=[] gives an empty population; accepted: one MemberSettings per member")
-        self.save_hyperparameters({"group": group, "K": K, "members": [dataclasses.asdict(m) for m in members],
-                                   "optimizer": dataclasses.asdict(spec), "activation": activation, "loss": loss,
-                                   "output_scale": output_scale, "hidden_layers": hidden_layers,
-                                   "residual": residual, "complex_weights": complex_weights,
-                                   "top_layer": top_layer, "ridge_lambda": ridge_lambda, "p_star_c": p_star_c,
-                                   "stop_at_test_acc": stop_at_test_acc, "check_every": check_every,
-                                   "eval_every": eval_every, "log_every_n_epochs": log_every_n_epochs,
-                                   "analyze": analyze})
+        self.save_hyperparameters(ignore=["members", "optimizer", "policy", "source", "sink", "tokens",
+                                          "member_max_epochs"])
+        self.hparams.update(members=[dataclasses.asdict(m) for m in members], optimizer=dataclasses.asdict(spec))
         net_spec = NetSpec(activation, output_scale, hidden_layers, residual, complex_weights, top_layer, ridge_lambda)
         fm.check_loss(loss)
         self.net_spec = net_spec.check_loss(loss)
