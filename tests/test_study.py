@@ -156,6 +156,20 @@ def test_store_in_place_of_a_folder_fails_before_training(tmp_path, capsys):
     assert "s.db" in err and "folder" in err and "Trainer" not in err
 
 
+def test_results_folder_in_place_of_the_file_fails_before_training(tmp_path, capsys):
+    path = _write(tmp_path, {"fixed": {"group": "Z5", "K": 8}, "grid": {"seed": [0]}})
+    (tmp_path / "s.jsonl").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "s.jsonl" in err and "is not a file" in err and "Trainer" not in err
+    import sqlite3  # nothing was trained: the store holds no finished trial
+
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] == 0
+
+
 def _mount_tmpfs(folder, options):
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)

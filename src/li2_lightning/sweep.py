@@ -6,7 +6,7 @@ A sweep file::
     results: ../results/fig5_cpu.jsonl  # relative to THIS file's folder; default: FILE with suffix .jsonl
     population_size: 25               # most members trained together (default: from free memory)
     accelerator: auto                 # any Lightning accelerator
-    policy: {mode: stop-done-and-stalled, check_every: 10, confirm: 3}  # optional, see below
+    policy: {mode: stop-done-and-stalled, check_every: 10, confirm: 5}  # optional, see below
     fixed: {K: 256, lr: 1.0e-3, weight_decay: 2.0e-4, max_epochs: 1500}
     grid:                             # cartesian product, merged over `fixed`
       group: [Z23, Z41]

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -257,6 +258,26 @@ class Sweep:
             print(f"li2 sweep: W&B runs not written ({type(err).__name__}: {err}); the results are in "
                   "the store", file=sys.stderr)
 
+def check_export_target(path: str | os.PathLike) -> None:
+    """Fail now, not after training, when the results file cannot be written.
+
+    Raises:
+        ValueError: ``path`` exists and is not a regular file, or its folder cannot be made or
+            written (the message names it).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"results={str(path)!r} exists and is not a file; accepted: a file path (move "
+                         "what is there, or give another with --results)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe"):
+            pass
+    except OSError as err:
+        raise ValueError(f"results={str(path)!r}: its folder cannot be written ({err}); accepted: a path in a "
+                         "writable folder (--results)") from err
+
+
 def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population_size: Optional[int] = None,
               accelerator: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
               storage: Optional[str] = None, workers: int = 1, heartbeat_interval: int = 20,
@@ -278,6 +299,8 @@ def run_sweep(path: str | os.PathLike, results: Optional[str] = None, population
     sweep = Sweep(path, storage, population_size, accelerator, results, heartbeat_interval, grace_period,
                   wandb_project)
     spec = sweep.spec
+    if export:
+        check_export_target(spec["results"])  # before training, not after
     if devices:
         spec["devices"] = devices
     print(f"li2 sweep {spec['name']}: {len(sweep.points)} points in {len(sweep.studies)} group(s), "
