@@ -70,34 +70,47 @@ TINY = {"population_size": 4, "accelerator": "cpu",
         "grid": {"group": ["Z5", "Z7"], "seed": list(range(30))}}
 
 
+def kill_one_of_three_workers(path, trials, storage_args=(), wait=90):
+    """Start three `li2 sweep` workers on one sweep, SIGKILL one while it holds running trials (after
+    some points are complete), let the others finish, and check every point is complete exactly once
+    and the victim's points were failed and redone. ``trials()`` reads the store independently of the
+    code under test. Returns the final trials."""
+    procs = [subprocess.Popen(_cmd(path, *storage_args), env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(3)]
+    try:
+        victim, held = procs[0], []
+        deadline = time.time() + wait
+        while time.time() < deadline:  # wait until the victim holds running trials, after some are complete
+            current = trials()
+            held = [t for t in current if t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{victim.pid}")]
+            if held and sum(t["state"] == "COMPLETE" for t in current) >= 4:
+                break
+            time.sleep(0.05)
+        assert held, "the victim never held a running trial"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        for p in procs[1:]:
+            assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    final = trials()
+    complete = [t["point_id"] for t in final if t["state"] == "COMPLETE"]
+    assert sorted(complete) == sorted(point_id(p) for p in expand(load_sweep(path)))  # every point exactly once
+    assert {t["point_id"] for t in final if t["state"] == "FAIL"} >= {t["point_id"] for t in held}
+    assert len({t.get("worker") for t in final if t["state"] == "COMPLETE"}) >= 2
+    return final
+
+
 @pytest.mark.slow  # three processes training 60 points next to each other: 60-120 s on 2 shared cores
 def test_three_workers_one_killed_every_point_once_equal_to_one_worker(tmp_path):
     """60 points, 3 worker processes; one is killed with kill -9 while it trains a population. The
     others finish its points once its heartbeats stop; rows equal a one-worker run's."""
     path = _write(tmp_path / "multi", TINY)
     db = tmp_path / "multi" / "s.db"
-    procs = [subprocess.Popen(_cmd(path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for _ in range(3)]
-    victim = procs[0]
-    deadline = time.time() + 90
-    while time.time() < deadline:  # wait until the victim holds running trials, after some are complete
-        trials = _trials(db)
-        held = [t for t in trials if t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{victim.pid}")]
-        if held and sum(t["state"] == "COMPLETE" for t in trials) >= 4:
-            break
-        time.sleep(0.05)
-    assert held, "the victim never held a running trial"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    for p in procs[1:]:
-        assert p.wait(timeout=240) == 0, p.stderr.read().decode()[-2000:]
-    trials = _trials(db)
-    complete = [t["point_id"] for t in trials if t["state"] == "COMPLETE"]
-    ids = sorted(point_id(p) for p in expand(load_sweep(path)))
-    assert sorted(complete) == ids  # every point exactly once
-    assert {t["point_id"] for t in trials if t["state"] == "FAIL"} >= {t["point_id"] for t in held}
-    workers = {t.get("worker") for t in trials if t["state"] == "COMPLETE"}
-    assert len(workers) >= 2
+    kill_one_of_three_workers(path, lambda: _trials(db))
 
     multi = tmp_path / "multi" / "s.jsonl"
     Sweep(path).export(multi)

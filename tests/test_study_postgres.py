@@ -11,16 +11,13 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 
 import pytest
 
-from li2_lightning.sweep import Sweep, expand, load_sweep, point_id, run_sweep
-from test_study import ENV, TINY, _cmd, _rows, _same_rows, _write
+from li2_lightning.sweep import Sweep, run_sweep
+from test_study import TINY, _rows, _same_rows, _write, kill_one_of_three_workers
 from train_subprocess import free_port
 
 
@@ -115,34 +112,7 @@ def _trials(url):
 @pytest.mark.slow  # three processes training 60 points next to each other: 60-120 s on 2 shared cores
 def test_three_workers_on_postgres_one_killed_every_point_once_equal_to_one_worker(tmp_path, postgres_url):
     path = _write(tmp_path / "multi", TINY)
-    procs = [subprocess.Popen(_cmd(path, "--storage", postgres_url), env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for _ in range(3)]
-    try:
-        victim = procs[0]
-        held = []
-        deadline = time.time() + 120
-        while time.time() < deadline:  # wait until the victim holds running trials, after some are complete
-            trials = _trials(postgres_url)
-            held = [t for t in trials if t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{victim.pid}")]
-            if held and sum(t["state"] == "COMPLETE" for t in trials) >= 4:
-                break
-            time.sleep(0.1)
-        assert held, "the victim never held a running trial"
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        for p in procs[1:]:
-            assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    trials = _trials(postgres_url)
-    complete = [t["point_id"] for t in trials if t["state"] == "COMPLETE"]
-    ids = sorted(point_id(p) for p in expand(load_sweep(path)))
-    assert sorted(complete) == ids  # every point exactly once
-    assert {t["point_id"] for t in trials if t["state"] == "FAIL"} >= {t["point_id"] for t in held}
-    assert len({t.get("worker") for t in trials if t["state"] == "COMPLETE"}) >= 2
+    kill_one_of_three_workers(path, lambda: _trials(postgres_url), ("--storage", postgres_url), wait=120)
 
     multi = tmp_path / "multi" / "s.jsonl"
     Sweep(path, storage=postgres_url).export(multi)
