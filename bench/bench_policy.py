@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import sys
 import time
 import warnings
 from pathlib import Path

@@ -93,7 +93,6 @@ def test_layer_monitor_logs_direct_values(variant):
     ws = [w.detach() for w in model.net.layer_weights()]
     with torch.enable_grad():
         p = [w.clone().requires_grad_(False) for w in ws]
-        F = torch.zeros(len(x), 22, dtype=ws[0].dtype)
         X = torch.zeros(len(x), 22, dtype=ws[0].dtype)
         X[torch.arange(len(x)), x[:, 0]] = 1
         X[torch.arange(len(x)), 11 + x[:, 1]] = 1

@@ -1,7 +1,6 @@
 """Memory estimates: the fast refusal of runs that cannot fit, its advice, and the calibration."""
 
 import json
-import math
 import re
 import subprocess
 import sys

@@ -83,8 +83,6 @@ def test_run_sweep_in_process_and_resume(tmp_path):
 
 # two subprocesses each paying Lightning's import; ~15-20 s on a 2-core machine; in the default run
 def test_killed_sweep_restarts_without_loss_or_duplicates(tmp_path):
-    from li2_lightning.study import completed_rows
-
     results = tmp_path / "r.jsonl"
     path = _write(tmp_path, {"results": str(results), "population_size": 2, "accelerator": "cpu",
                              "fixed": {"group": "Z7", "K": 16, "max_epochs": 150, "lr": 1e-2},

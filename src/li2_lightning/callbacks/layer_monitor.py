@@ -11,7 +11,7 @@ from typing_extensions import override
 from li2_lightning.analysis import features as ft
 from li2_lightning.analysis import gradients as gr
 from li2_lightning.analysis import layers as ly
-from li2_lightning.callbacks.base import Li2Callback, check_positive_int, check_unit
+from li2_lightning.callbacks.base import Li2Callback, check_unit
 from li2_lightning.callbacks.snapshot import Snapshot
 
 
