@@ -54,7 +54,8 @@ def _flat_at(commit: str, path: str) -> dict:
         text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"git history with {commit} is not available")
+        pytest.skip(f"{path} has no flat version at {commit} (a config added after the composition, or no git "
+                    "history in this checkout)")
     return yaml.safe_load(text)
 
 
