@@ -197,3 +197,13 @@ def test_bad_input_from_the_command_line_is_one_line_with_status_2(args, names, 
     assert last.startswith("li2 fit: error: ") and names in last
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.rglob("config.yaml"))  # nothing was written before the error
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """The folder is claimed by creating it (os.mkdir fails for the second claimant), so two runs of
+    one config started together never share a config.yaml or checkpoints."""
+    from li2_lightning.cli import choose_run_dir
+
+    folders = [choose_run_dir("same", root=str(tmp_path)) for _ in range(3)]
+    assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)
+    assert {f.parent for f in folders} == {tmp_path / "same"}

@@ -19,6 +19,7 @@ two set before it; one file setting two of them is an error. ``predict`` writes
 
 from __future__ import annotations
 
+import atexit
 import csv
 import importlib
 import os
@@ -76,10 +77,12 @@ def _entries(value: Any) -> list:
 
 
 def choose_run_dir(experiment: str, root: Optional[str] = None) -> Path:
-    """A fresh folder ``<root>/<experiment>/<YYYYmmdd-HHMMSS>[-n]`` (not created here).
+    """A fresh folder ``<root>/<experiment>/<YYYYmmdd-HHMMSS>[-n]``, claimed by creating it.
 
-    ``root`` defaults to ``$LI2_RUNS_DIR``, else ``runs`` in the current directory. A DDP child
-    process gets its rank zero's folder instead.
+    ``root`` defaults to ``$LI2_RUNS_DIR``, else ``runs`` in the current directory. The folder is
+    made with ``os.mkdir``, which fails when another process made it first, so two runs started in
+    the same second get two folders; a folder this process leaves empty (an error before the run
+    wrote anything) is removed at exit. A DDP child process gets its rank zero's folder instead.
     """
     inherited = os.environ.get(_RUN_DIR_ENV, "")
     pid, _, path = inherited.partition(":")
@@ -87,11 +90,37 @@ def choose_run_dir(experiment: str, root: Optional[str] = None) -> Path:
         return Path(path)
     root = Path(root or os.environ.get(RUNS_DIR_ENV) or "runs").resolve()
     stamp = root / experiment / time.strftime("%Y%m%d-%H%M%S")
+    top = stamp.parent  # the highest folder this call creates: removed again with the run's if unused
+    while not top.parent.exists():
+        top = top.parent
+    stamp.parent.mkdir(parents=True, exist_ok=True)
     run_dir, n = stamp, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = stamp.with_name(f"{stamp.name}-{n}")
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            run_dir = stamp.with_name(f"{stamp.name}-{n}")
+    _CLAIMED.append((run_dir, top))
+    atexit.register(_remove_if_empty, run_dir, top)
     return run_dir
+
+
+_CLAIMED: list[tuple[Path, Path]] = []  # (run folder, highest folder made for it) of this process
+
+
+def _remove_if_empty(folder: Path, top: Path) -> None:
+    """Leave nothing behind for a run that stopped before writing anything: remove ``folder`` and
+    its parents up to ``top`` (the folders made for it), each only if empty."""
+    try:
+        while True:
+            folder.rmdir()  # only succeeds on an empty folder
+            if folder == top or top not in folder.parents:
+                return
+            folder = folder.parent
+    except OSError:
+        pass
 
 
 # values of --ckpt_path that Lightning resolves itself rather than naming a file
@@ -358,13 +387,18 @@ def run_cli(args: Optional[list[str]] = None, base_config: Optional[Path] = BASE
     torch.set_flush_denormal(True)
     common = {"parser_mode": "omegaconf"}
     per_subcommand = dict(common, default_config_files=[str(base_config)] if base_config else [])
-    return Li2CLI(
-        Li2Module,
-        GroupArithmeticDataModule,
-        parser_kwargs={**common, "description": DESCRIPTION, **{s: per_subcommand for s in SUBCOMMANDS}},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        return Li2CLI(
+            Li2Module,
+            GroupArithmeticDataModule,
+            parser_kwargs={**common, "description": DESCRIPTION, **{s: per_subcommand for s in SUBCOMMANDS}},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except BaseException:
+        while _CLAIMED:  # an error before the run wrote anything leaves no empty folder behind
+            _remove_if_empty(*_CLAIMED.pop())
+        raise
 
 
 def main(argv: Optional[list[str]] = None) -> None:
