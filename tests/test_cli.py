@@ -207,3 +207,17 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     folders = [choose_run_dir("same", root=str(tmp_path)) for _ in range(3)]
     assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)
     assert {f.parent for f in folders} == {tmp_path / "same"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"trainer: [max_epochs: 3\nmodel: {K: 4", "is not valid YAML at line 2, column 6"),
+    (b"\x00\x89PNG\r\n", "is not a text file"),
+    (b"- 1\n- 2\n", "holds a list; accepted: a mapping"),
+])
+def test_a_bad_config_file_is_named_in_the_error(content, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("LI2_RUNS_DIR", str(tmp_path / "runs"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=f"config file '{bad}' {message}"):
+        run_cli(["fit", "--config", DEFAULT, "--config", str(bad)])
+    assert not (tmp_path / "runs").exists()

@@ -380,8 +380,40 @@ def _ignore_dependency_deprecations() -> None:
                             module=r"lightning\.pytorch\.utilities\._pytree$")
 
 
+def check_config_files(words: list[str]) -> None:
+    """Read every ``--config FILE`` before the parser does, so a bad file is named in the error.
+
+    jsonargparse reports a YAML error as "in <unicode string>, line 2", without the file.
+
+    Raises:
+        ValueError: naming the file, when it is not UTF-8 text, not valid YAML (with line and column),
+            or not a mapping of settings.
+    """
+    paths = [b for a, b in zip(words, words[1:]) if a in ("--config", "-c")]
+    paths += [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # inline YAML, or a missing file the parser names itself
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+            if "\x00" in text:
+                raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
+            value = yaml.safe_load(text)
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path!r} is not a text file; accepted: a YAML file of settings") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"config file {path!r} is not valid YAML{where}: {problem}") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config file {path!r} holds a {type(value).__name__}; accepted: a mapping of "
+                             "settings (trainer:, model:, data:, ...)")
+
+
 def run_cli(args: Optional[list[str]] = None, base_config: Optional[Path] = BASE_CONFIG) -> Li2CLI:
     """Run the Lightning CLI on ``args`` (None: the command line) with ``base_config`` loaded first."""
+    check_config_files(sys.argv[1:] if args is None else list(args))
     _ignore_dependency_deprecations()
     # Late in training, values below ~1e-38 (subnormal floats) slowed CPU runs up to 40-fold
     torch.set_flush_denormal(True)
