@@ -105,14 +105,18 @@ def run_case(case: Case, base: Path) -> dict:
     lost = sorted(k for k, v in before.items() if after.get(k) != v and k not in case.may_change)
     new = sorted(set(after) - set(before))
     line = last_line(out)
-    tail = " ".join(ln.strip() for ln in out.strip().splitlines()[-3:])
+    tail = " ".join(ln.strip() for ln in out.strip().splitlines()[-10:])  # jsonargparse names the key atop its block
     if status is None:
         outcome = "hang"
     elif lost:
         outcome = "data loss"
     elif case.expect == "error":
-        if status == 0:
+        problem = case.check(work, proc) if (case.check and status == 0) else "exit 0"
+        if status == 0 and problem is None:
+            outcome = "ok (harmless)"
+        elif status == 0:
             outcome = "silent garbage"
+            line = f"{line}  [check: {problem}]"
         elif all(m.lower() in tail.lower() for m in case.match) and "Traceback" not in line:
             outcome = "clean error"
         else:
@@ -167,7 +171,7 @@ def input_cases() -> list[Case]:
         ("batch-0", ["--data.batch_size", "0"], ("batch_size",)),
         ("split-seed-text", ["--data.split_seed", "x"], ("split_seed",)),
         ("max-epochs-text", ["--trainer.max_epochs", "abc"], ("max_epochs",)),
-        ("lr-neg", ["--model.optimizer.init_args.lr", "-1"], ("lr",)),
+        ("lr-neg", ["--model.optimizer.init_args.lr", "-1"], ("learning rate",)),
         ("muon-pattern", ["--model.optimizer", "li2_lightning.optim.Muon", "--model.optimizer.init_args.muon_params",
                           "Q"], ("muon_params",)),
         ("muon-preset", ["--model.optimizer", "li2_lightning.optim.Muon", "--model.optimizer.init_args.preset",
@@ -175,13 +179,13 @@ def input_cases() -> list[Case]:
         ("unknown-flag", ["--model.width", "3"], ("width",)),
         ("lr-scheduler-alone", ["--lr_scheduler", "torch.optim.lr_scheduler.StepLR"], ("scheduler",)),
         ("huge-K", ["--model.K", "100000000"], ("K",)),
-        ("huge-group", ["--data.group", "Z5000"], ("memory",)),
+        ("huge-group", ["--data.group", "Z5000"], ("GB", "group")),
     ]
     cases = [Case(f"input-{n}", "input", fit(*a), "error", m, timeout=60) for n, a, m in bad]
     cases.append(Case("input-nan-loss-sgd", "input",
                       fit("--trainer.max_epochs", "30", "--model.optimizer", "torch.optim.SGD",
                           "--model.optimizer.init_args.lr", "1000", "--data.train_fraction", "1"),
-                      "error", ("non-finite", "epoch"), timeout=120))
+                      "error", ("loss is", "epoch"), timeout=120))
     return cases
 
 
@@ -198,7 +202,7 @@ def group_file_cases() -> list[Case]:
         ("csv-text", "g.csv", "a,b\nc,d\n", ("g.csv",)),
         ("csv-out-of-range", "g.csv", table_csv([[0, 1, 5], [1, 2, 0], [2, 0, 1]]), ("g.csv",)),
         ("csv-not-latin", "g.csv", table_csv([[0, 1, 2], [1, 1, 0], [2, 0, 1]]), ("g.csv",)),
-        ("csv-no-identity", "g.csv", table_csv([[1, 2, 0], [2, 0, 1], [0, 1, 2]]), ("g.csv",)),
+        ("csv-no-identity", "g.csv", table_csv([[1, 0, 2], [0, 2, 1], [2, 1, 0]]), ("g.csv",)),
         ("csv-not-assoc", "g.csv", table_csv(not_assoc), ("associat",)),
         ("csv-negative", "g.csv", table_csv([[0, -1], [1, 0]]), ("g.csv",)),
         ("csv-1x1", "g.csv", "0\n", ("g.csv",)),
@@ -300,9 +304,21 @@ def checkpoint_cases(scratch: Path) -> list[Case]:
              "error", ("optimizer",), setup=with_ckpt(lambda b: b)),
         Case("ckpt-resume-ok", "checkpoint", resume(), "ok", setup=with_ckpt(lambda b: b)),
     ]
+    def same_as_original(w: Path, _proc) -> Optional[str]:
+        """A run that resumed from a flipped file is fine only if the flip changed nothing it loads
+        (zip padding): the file must load to the original's tensors."""
+        import io
+
+        import torch
+
+        a = torch.load(io.BytesIO(base_checkpoint(scratch)), map_location="cpu", weights_only=False)["state_dict"]
+        b = torch.load(w / "in.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        return None if same else "resumed from a checkpoint whose weights differ from the written ones"
+
     for frac in (0.05, 0.2, 0.4, 0.6, 0.75, 0.9, 0.97):
         cases.append(Case(f"ckpt-flip-{int(frac * 100):02d}pct", "checkpoint", resume(), "error", ("in.ckpt",),
-                          setup=with_ckpt(flip(frac))))
+                          setup=with_ckpt(flip(frac)), check=same_as_original))
     return cases
 
 
@@ -561,7 +577,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.out:
         Path(args.out + ".md").write_text(markdown(rows) + "\n")
         Path(args.out + ".json").write_text(json.dumps({"cases": rows, "kills": kill_rows}, indent=1))
-    wanted = {"clean error", "ok"}
+    wanted = {"clean error", "ok", "ok (harmless)"}
     return 0 if all(r["outcome"] in wanted for r in rows) else 1
 
 
