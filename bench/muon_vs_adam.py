@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import sys
 import warnings
 
 import lightning.pytorch as pl
@@ -25,6 +26,9 @@ from li2_lightning.callbacks.milestones import AccuracyMilestones
 from li2_lightning.data import GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
 from li2_lightning.optim import Muon
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fig8_fair import med_range  # noqa: E402  (the benches' one 'median [min, max]' format)
 
 SETTINGS = {"fig8": {"K": 128, "epochs": 1000}, "fig3": {"K": 2048, "epochs": 300}}
 
@@ -49,15 +53,6 @@ def run(setting: str, name: str, lr: float, seed: int, wd: float, epochs: int) -
     return {"setting": setting, "optimizer": name, "lr": lr, "seed": seed,
             "epochs_to_0.99": milestones.milestones.get(AccuracyMilestones.key("val/acc", 0.99)),
             "test_loss": metrics["val/loss"], "test_acc": metrics["val/acc"], "coverage": coverage(power, 0.9)}
-
-
-def _summary(values: list) -> str:
-    vals = sorted(v for v in values if v is not None)
-    if not vals:
-        return "never"
-    missing = len(values) - len(vals)
-    text = f"{statistics.median(vals):.3g} [{vals[0]:.3g}, {vals[-1]:.3g}]"
-    return text + (f" ({missing} never)" if missing else "")
 
 
 def main() -> None:
@@ -86,9 +81,9 @@ def main() -> None:
     print(f"\n{args.setting}, Z71, n 2016, K {SETTINGS[args.setting]['K']}, {epochs} epochs, wd {args.weight_decay}, "
           f"seeds {args.seeds}: median [min, max]")
     for spec, rs in results.items():
-        print(f"  {spec:18s} epochs to test acc 0.99: {_summary([r['epochs_to_0.99'] for r in rs])}; "
-              f"final test loss {_summary([r['test_loss'] for r in rs])}; "
-              f"coverage {_summary([r['coverage'] for r in rs])}")
+        print(f"  {spec:18s} epochs to test acc 0.99: {med_range([r['epochs_to_0.99'] for r in rs])}; "
+              f"final test loss {med_range([r['test_loss'] for r in rs])}; "
+              f"coverage {med_range([r['coverage'] for r in rs])}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ def _trials(db):
                                "AND a.key IN ('point_id', 'worker')").fetchall()
         except sqlite3.OperationalError:
             return []
+    return trials_from_rows(rows)
+
+
+def trials_from_rows(rows):
+    """One dict per trial from (trial_id, state, attribute key, JSON value) rows of Optuna's tables."""
     out = {}
     for tid, state, key, value in rows:
         out.setdefault(tid, {"state": state})

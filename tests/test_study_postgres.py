@@ -7,7 +7,6 @@ extra) are missing. Trials are read back with psycopg2 directly, not through the
 """
 
 import glob
-import json
 import os
 import pwd
 import shutil
@@ -17,7 +16,7 @@ import tempfile
 import pytest
 
 from li2_lightning.sweep import Sweep, run_sweep
-from test_study import TINY, _rows, _same_rows, _write, kill_one_of_three_workers
+from test_study import TINY, _rows, _same_rows, _write, kill_one_of_three_workers, trials_from_rows
 from train_subprocess import free_port
 
 
@@ -101,12 +100,7 @@ def _trials(url):
         return []
     finally:
         con.close()
-    out = {}
-    for tid, state, key, value in rows:
-        out.setdefault(tid, {"state": state})
-        if key:
-            out[tid][key] = json.loads(value)
-    return list(out.values())
+    return trials_from_rows(rows)
 
 
 @pytest.mark.slow  # three processes training 60 points next to each other: 60-120 s on 2 shared cores
