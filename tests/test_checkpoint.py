@@ -216,6 +216,23 @@ def test_remove_checkpoint_is_safe(tmp_path):
     assert clean_orphans(tmp_path / "nowhere") == []
 
 
+def test_a_handed_over_checkpoint_is_loaded_once_and_only_while_the_file_is_unchanged(tmp_path):
+    """The CLI verifies --ckpt_path before building anything and hands the result to the trainer's
+    CheckpointIO; the trainer's load then returns it instead of a second read, but a file rewritten in
+    between is read (and verified) again."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "a.ckpt"
+    io.save_checkpoint(_ckpt(1.0, 4), path)
+    first = verify_checkpoint(path)
+    io.keep_verified(path, first)
+    assert io.load_checkpoint(path) is first
+    assert io.load_checkpoint(path) is not first  # handed over once; later loads read the file
+    io.keep_verified(path, first)
+    io.save_checkpoint(_ckpt(2.0, 5), path)  # rewritten after the check
+    again = io.load_checkpoint(path)
+    assert torch.equal(again["state_dict"]["net.W"], torch.full((5,), 2.0))
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 

@@ -203,6 +203,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.require_hparams = require_hparams
         self._cleaned: set[Path] = set()
+        self._verified: Optional[tuple[Path, tuple[int, int], dict[str, Any]]] = None
+
+    def keep_verified(self, path: PathLike, checkpoint: dict[str, Any]) -> None:
+        """Hand over a checkpoint already read by :func:`verify_checkpoint` (the CLI checks
+        ``--ckpt_path`` before building anything), so that the trainer's load of the same, unchanged
+        file returns it instead of reading and checking it a second time."""
+        path = Path(path).resolve()
+        self._verified = (path, _stamp(path), checkpoint)
 
     def _clean_once(self, folder: Path) -> None:
         folder = folder.resolve()
@@ -229,6 +237,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if path.parent.is_dir():
             self._clean_once(path.parent)
+        verified, self._verified = self._verified, None  # handed over once
+        if verified is not None and verified[0] == path.resolve() and verified[1] == _stamp(path):
+            return verified[2]
         return verify_checkpoint(path, weights_only=True if weights_only is None else weights_only,
                                  map_location=map_location, require_hparams=self.require_hparams)
 
@@ -240,6 +251,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             return
         _fsync_dir(path.parent)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a file: changes when the file is rewritten."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 # --- settings of a checkpoint against the run's ------------------------------------------------

@@ -245,7 +245,10 @@ class Li2CLI(LightningCLI):
         self.model.check_memory(self.datamodule, str(self.trainer.strategy.root_device), self.subcommand)
         if self._checkpoint is not None:
             self.model.check_resume(self._checkpoint, self.datamodule, fitting=self.subcommand == "fit")
-            self._checkpoint = None  # the trainer loads it again, through AtomicCheckpointIO
+            checkpoint_io = self.trainer.strategy.checkpoint_io
+            if isinstance(checkpoint_io, AtomicCheckpointIO):  # the trainer's load takes it, not a second read
+                checkpoint_io.keep_verified(self.config[self.subcommand]["ckpt_path"], self._checkpoint)
+            self._checkpoint = None
 
     @staticmethod
     def _drop_disabled_callbacks(trainer) -> None:
