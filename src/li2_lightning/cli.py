@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -42,6 +41,7 @@ from li2_lightning.checkpoint import AtomicCheckpointIO, verify_checkpoint
 from li2_lightning.data import TRAIN_SIZE_FORMS, GroupArithmeticDataModule
 from li2_lightning.module import Li2Module
 from li2_lightning.wandb_mode import choose_wandb_mode
+from li2_lightning.yaml_files import load_mapping
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
 RUNS_DIR_ENV = "LI2_RUNS_DIR"
@@ -127,6 +127,11 @@ def _remove_if_empty(folder: Path, top: Path) -> None:
 _CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``--config`` file's settings; a file that is not a YAML mapping is refused, named."""
+    return load_mapping(path, "config file", "a mapping of settings (trainer:, model:, data:, ...)")
+
+
 def _train_size_form(value: Any) -> Optional[str]:
     """Which of the train-size forms a data section sets (None: none); the last one if several."""
     if not isinstance(value, dict):
@@ -152,12 +157,8 @@ def last_train_size_wins(args: list[str]) -> list[str]:
             if value is not None and value.strip().lower() not in ("null", "none", ""):
                 form = name[len("--data."):]
         elif name == "--config" and value is not None and Path(value).is_file():
-            try:
-                loaded = yaml.safe_load(Path(value).read_text())
-            except (OSError, yaml.YAMLError):
-                loaded = None  # the parser reports a bad file itself
-            if isinstance(loaded, dict):
-                form = _train_size_form(loaded.get("data"))
+            loaded = load_config_file(value)
+            form = _train_size_form(loaded.get("data"))
         if form is not None:
             for other in TRAIN_SIZE_FORMS:
                 if other != form:
@@ -395,23 +396,8 @@ def check_config_files(words: list[str]) -> None:
     paths = [b for a, b in zip(words, words[1:]) if a in ("--config", "-c")]
     paths += [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
     for path in paths:
-        if not os.path.isfile(path):
-            continue  # inline YAML, or a missing file the parser names itself
-        try:
-            text = Path(path).read_bytes().decode("utf-8")
-            if "\x00" in text:
-                raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
-            value = yaml.safe_load(text)
-        except UnicodeDecodeError:
-            raise ValueError(f"config file {path!r} is not a text file; accepted: a YAML file of settings") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"config file {path!r} is not valid YAML{where}: {problem}") from None
-        if value is not None and not isinstance(value, dict):
-            raise ValueError(f"config file {path!r} holds a {type(value).__name__}; accepted: a mapping of "
-                             "settings (trainer:, model:, data:, ...)")
+        if os.path.isfile(path):  # else inline YAML, or a missing file the parser names itself
+            load_config_file(path)
 
 
 def run_cli(args: Optional[list[str]] = None, base_config: Optional[Path] = BASE_CONFIG) -> Li2CLI:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from li2_lightning.yaml_files import load_mapping
 
 MEMBER_KEYS = ("seed", "split_seed", "train_fraction", "n_train", "p_star_multiplier", "lr",
                "weight_decay", "muon_lr", "V_init_scale")
@@ -166,19 +166,7 @@ def load_sweep(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file '{path}' does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise ValueError(f"sweep file '{path}' is not a text file; accepted: a YAML mapping") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"sweep file '{path}' is not valid YAML{where}: {what}") from None
-    spec = {} if spec is None else spec
-    if not isinstance(spec, dict):
-        raise ValueError(f"sweep file '{path}' holds a {type(spec).__name__}; accepted: a mapping with keys "
-                         f"{list(FILE_KEYS)}")
+    spec = load_mapping(path, "sweep file", f"a mapping with keys {list(FILE_KEYS)}")
     unknown = set(spec) - set(FILE_KEYS)
     if unknown:
         raise ValueError(f"sweep file '{path}': unknown keys {sorted(map(str, unknown))}; accepted: {list(FILE_KEYS)}")
